@@ -1,0 +1,1 @@
+"""Shared utilities: logging, metrics, I/O helpers."""
