@@ -1,0 +1,1 @@
+"""Models: ResNet backbones, the CSRA head, the registry and weight loading."""
