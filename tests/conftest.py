@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-SHARED_VOC_SMALL = REPO_ROOT.parent / "shared" / "data" / "voc2007_small"
+SHARED_VOC_SMALL = REPO_ROOT.parent / "shared" / "data" / "voc2007_small" / "VOCdevkit"
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def voc_small() -> Path:
-    """The 33 real VOC 2007 images under ../shared (a VOCdevkit-style root)."""
+    """The VOCdevkit folder holding 33 real VOC 2007 images under ../shared."""
     if not SHARED_VOC_SMALL.exists():
         pytest.fail(f"shared VOC data missing at {SHARED_VOC_SMALL}")
     return SHARED_VOC_SMALL
