@@ -1,0 +1,206 @@
+"""ResNet backbones (18-152) in the torchvision / ``paddle.vision.models.ResNet`` layout.
+
+Parameter names are those of ``paddle.vision``'s ResNet (``conv1``, ``bn1``,
+``layer{1..4}.{i}.{conv1,bn1,conv2,bn2,conv3,bn3,downsample.0,downsample.1}``), so
+Paddle's ImageNet ``.pdparams`` load without renaming. The stride of a bottleneck sits on
+its 3x3 conv ("v1.5"), output stride is 32 and there is no dilation.
+
+Blocks have two hooks for attention blocks:
+- a *recalibrator* acting on the residual branch after the last BN, before the add;
+- a *mixer* replacing the bottleneck's 3x3 ``conv2`` (keeping the name).
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import paddle
+from paddle import nn
+
+# A factory building a recalibrator for a block: (channels, stage 1..4) -> Layer or None.
+RecalibratorFactory = Callable[[int, int], nn.Layer | None]
+
+
+class MixerFactory(Protocol):
+    """Builds a layer replacing a bottleneck's 3x3 conv, or None to keep the conv."""
+
+    def __call__(self, in_channels: int, out_channels: int, stride: int, stage: int) -> nn.Layer | None: ...
+
+
+def _conv_init() -> paddle.ParamAttr:
+    # torchvision's ResNet init: kaiming-normal, fan_out, relu gain.
+    return paddle.ParamAttr(initializer=nn.initializer.KaimingNormal(mode="fan_out", nonlinearity="relu"))
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2D:
+    """3x3 convolution with padding 1 and no bias."""
+    return nn.Conv2D(in_ch, out_ch, 3, stride=stride, padding=1, bias_attr=False, weight_attr=_conv_init())
+
+
+def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2D:
+    """1x1 convolution without bias."""
+    return nn.Conv2D(in_ch, out_ch, 1, stride=stride, bias_attr=False, weight_attr=_conv_init())
+
+
+class _ResidualBlock(nn.Layer):
+    """Shared plumbing: the optional recalibrator stored under its own checkpoint key."""
+
+    expansion = 1
+
+    def _attach_recalibrator(self, recalibrator: nn.Layer | None) -> None:
+        # Recalibrators declare the attribute name used by their original checkpoints
+        # (e.g. "rclb" or "prm"), so converted weights keep the original key names.
+        self._recalibrator_key: str | None = None
+        if recalibrator is not None:
+            key = getattr(recalibrator, "checkpoint_key", "attn")
+            setattr(self, key, recalibrator)
+            self._recalibrator_key = key
+
+    def _recalibrate(self, out: paddle.Tensor) -> paddle.Tensor:
+        if self._recalibrator_key is None:
+            return out
+        return getattr(self, self._recalibrator_key)(out)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs (ResNet-18/34). Input [B, inplanes, H, W] -> [B, planes, H/s, W/s]."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Layer | None = None,
+        recalibrator: nn.Layer | None = None,
+        mixer: nn.Layer | None = None,
+    ) -> None:
+        super().__init__()
+        if mixer is not None:
+            raise ValueError("mixer attention blocks need bottleneck ResNets (resnet50/101/152)")
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2D(planes)
+        self.relu = nn.ReLU()
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2D(planes)
+        self.downsample = downsample
+        self._attach_recalibrator(recalibrator)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self._recalibrate(self.bn2(self.conv2(out)))
+        return self.relu(out + identity)
+
+
+class BottleneckBlock(_ResidualBlock):
+    """1x1 -> 3x3 (stride here) -> 1x1 (ResNet-50/101/152). Output has 4 x planes channels."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Layer | None = None,
+        recalibrator: nn.Layer | None = None,
+        mixer: nn.Layer | None = None,
+    ) -> None:
+        super().__init__()
+        width = planes
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2D(width)
+        self.conv2 = mixer if mixer is not None else conv3x3(width, width, stride)
+        self.bn2 = nn.BatchNorm2D(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2D(planes * self.expansion)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+        self._attach_recalibrator(recalibrator)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self._recalibrate(self.bn3(self.conv3(out)))
+        return self.relu(out + identity)
+
+
+RESNET_SPECS: dict[int, tuple[type[_ResidualBlock], list[int]]] = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (BottleneckBlock, [3, 4, 6, 3]),
+    101: (BottleneckBlock, [3, 4, 23, 3]),
+    152: (BottleneckBlock, [3, 8, 36, 3]),
+}
+
+
+class ResNet(nn.Layer):
+    """ResNet trunk without avgpool/fc.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        recalibrator_factory: optional ``(channels, stage) -> Layer | None`` called for every
+            block; the layer acts on the residual branch after its last BN.
+        mixer_factory: optional ``(in_ch, out_ch, stride, stage) -> Layer | None`` replacing a
+            bottleneck's 3x3 conv.
+    ``forward_features(x [B,3,H,W]) -> [B, feature_channels, H/32, W/32]``.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        recalibrator_factory: RecalibratorFactory | None = None,
+        mixer_factory: MixerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        if depth not in RESNET_SPECS:
+            raise ValueError(f"unsupported ResNet depth {depth}; choose from {sorted(RESNET_SPECS)}")
+        block, layers = RESNET_SPECS[depth]
+        self.depth = depth
+        self.inplanes = 64
+        self.conv1 = nn.Conv2D(3, 64, 7, stride=2, padding=3, bias_attr=False, weight_attr=_conv_init())
+        self.bn1 = nn.BatchNorm2D(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
+        stages = []
+        for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+            stride = 1 if stage == 1 else 2
+            stages.append(self._make_layer(block, planes, blocks, stride, stage, recalibrator_factory, mixer_factory))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.feature_channels = 512 * block.expansion
+
+    def _make_layer(
+        self,
+        block: type[_ResidualBlock],
+        planes: int,
+        blocks: int,
+        stride: int,
+        stage: int,
+        recalibrator_factory: RecalibratorFactory | None,
+        mixer_factory: MixerFactory | None,
+    ) -> nn.Sequential:
+        out_channels = planes * block.expansion
+        layers = []
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            downsample = None
+            if i == 0 and (s != 1 or self.inplanes != out_channels):
+                downsample = nn.Sequential(conv1x1(self.inplanes, out_channels, s), nn.BatchNorm2D(out_channels))
+            recal = recalibrator_factory(out_channels, stage) if recalibrator_factory else None
+            mixer = mixer_factory(planes, planes, s, stage) if mixer_factory and block is BottleneckBlock else None
+            layers.append(block(self.inplanes, planes, s, downsample, recalibrator=recal, mixer=mixer))
+            self.inplanes = out_channels
+        return nn.Sequential(*layers)
+
+    def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
+        """x [B, 3, H, W] float32 -> last feature map [B, feature_channels, H/32, W/32]."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.forward_features(x)

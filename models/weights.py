@@ -1,0 +1,172 @@
+"""Pretrained weights: resolve a file / URL / ``imagenet``, read it, check it, load it.
+
+``load_pretrained(model, spec)`` accepts
+- a local ``.pdparams`` (Paddle) or ``.pth``/``.pt`` (PyTorch zip format, read without torch
+  and without executing anything from the file, then converted);
+- an http(s) URL, downloaded once into the weights cache (``$CSRA_WEIGHTS_HOME`` or Paddle's
+  ``~/.cache/paddle/hapi/weights``) and md5-checked when the md5 is known;
+- ``imagenet``: Paddle's official ImageNet weights for the model's ResNet depth.
+The checkpoint must fit the model exactly, except that the classifier may be missing from
+a backbone-only (ImageNet) source; anything else is a UserError naming the first bad keys.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import paddle
+from paddle import nn
+
+from models.convert import CLASSIFIER_PREFIX, convert_torch_state
+from models.state_check import diff_state
+from utils.errors import UserError
+from utils.logger import get_logger
+
+log = get_logger("weights")
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Paddle's official ImageNet ResNets (the URLs and md5 sums of paddle.vision.models).
+IMAGENET_WEIGHTS: dict[str, tuple[str, str]] = {
+    "resnet18": ("https://paddle-hapi.bj.bcebos.com/models/resnet18.pdparams", "cf548f46534aa3560945be4b95cd11c4"),
+    "resnet34": ("https://paddle-hapi.bj.bcebos.com/models/resnet34.pdparams", "8d2275cf8706028345f78ac0e1d31969"),
+    "resnet50": ("https://paddle-hapi.bj.bcebos.com/models/resnet50.pdparams", "ca6f485ee1ab0492d38f323885b0ad80"),
+    "resnet101": ("https://paddle-hapi.bj.bcebos.com/models/resnet101.pdparams", "02f35f034ca3858e1e54d4036443c92d"),
+    "resnet152": ("https://paddle-hapi.bj.bcebos.com/models/resnet152.pdparams", "7ad16a2f1e7333859ff986138630fd7a"),
+}
+_IMAGENET_FC = ("fc.weight", "fc.bias")
+
+
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint was loaded into a model."""
+
+    source: str
+    loaded: int = 0
+    dropped: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
+
+
+def weights_cache_dir() -> Path:
+    """Directory where downloaded weights are cached ($CSRA_WEIGHTS_HOME or Paddle's default)."""
+    env = os.environ.get("CSRA_WEIGHTS_HOME")
+    if env:
+        return Path(env).expanduser()
+    from paddle.utils.download import WEIGHTS_HOME
+
+    return Path(WEIGHTS_HOME)
+
+
+def download_weights(url: str, md5: str | None = None) -> Path:
+    """Download ``url`` into the weights cache once (md5-checked when given); return the file."""
+    from paddle.utils.download import get_path_from_url
+
+    cache = weights_cache_dir()
+    try:
+        path = get_path_from_url(url, str(cache), md5sum=md5, decompress=False)
+    except Exception as exc:  # network errors, md5 mismatch after retries
+        raise UserError(
+            f"could not download weights from {url} into {cache} ({exc}). Without network access, "
+            "download the file elsewhere and pass its local path instead"
+        ) from None
+    return Path(path)
+
+
+def resolve_weights(spec: str, model_name: str) -> Path:
+    """Turn a ``--pretrained`` value into a local file.
+
+    Args:
+        spec: a path, an http(s) URL, or ``imagenet``.
+        model_name: the registered model name (chooses the ImageNet weights).
+    Returns:
+        the local path of the weights file.
+    """
+    if spec.lower() == "imagenet":
+        if model_name not in IMAGENET_WEIGHTS:
+            raise UserError(f"no ImageNet weights are known for '{model_name}'; pass a weights file instead")
+        url, md5 = IMAGENET_WEIGHTS[model_name]
+        return download_weights(url, md5)
+    if spec.startswith(("http://", "https://")):
+        return download_weights(spec)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path} (give a .pdparams/.pth path, an http(s) URL or 'imagenet')")
+    return path
+
+
+def read_paddle_state(path: Path) -> dict[str, Any]:
+    """Read a ``.pdparams`` file into name -> Tensor/array (UserError if it is not one)."""
+    try:
+        state = paddle.load(str(path))
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as Paddle weights ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"{path} holds no parameter dictionary; expected a model state dict (.pdparams)")
+    return state
+
+
+def load_state(model: nn.Layer, state: Mapping[str, Any], source: str, allow_missing_classifier: bool = True) -> LoadReport:
+    """Check ``state`` against ``model`` and load it.
+
+    Args:
+        model: the target model.
+        state: name -> array/Tensor in Paddle names.
+        source: a name for messages (file path or URL).
+        allow_missing_classifier: accept a backbone-only source (classifier stays fresh).
+    Returns:
+        a ``LoadReport``; UserError when keys or shapes do not fit.
+    """
+    report = LoadReport(source=source)
+    target = model.state_dict()
+    state = dict(state)
+    for key in _IMAGENET_FC:
+        if key in state and key not in target:
+            state.pop(key)
+            report.dropped.append(key)
+    diff = diff_state(target, state)
+    has_classifier = any(k.startswith(CLASSIFIER_PREFIX) for k in state)
+    if allow_missing_classifier and not has_classifier:
+        report.fresh = [k for k in diff.missing if k.startswith(CLASSIFIER_PREFIX)]
+        diff.missing = [k for k in diff.missing if k not in report.fresh]
+    if diff.unexpected or diff.mismatched or diff.missing:
+        cfg = getattr(model, "config", {})
+        what = f"{cfg.get('model', type(model).__name__)} ({cfg.get('num_classes', '?')} classes, {cfg.get('num_heads', '?')} head(s))"
+        raise UserError(
+            f"checkpoint {source} does not fit the model {what}: {diff.describe()}. "
+            "Check that --model, --num_cls, --num_heads (and --attention) match the checkpoint"
+        )
+    arrays = {k: (v if isinstance(v, paddle.Tensor) else paddle.to_tensor(np.asarray(v))) for k, v in state.items()}
+    for k, v in arrays.items():
+        if v.dtype != target[k].dtype:
+            arrays[k] = v.astype(target[k].dtype)
+    missing, unexpected = model.set_state_dict(arrays)
+    missing = [k for k in missing if k not in report.fresh]
+    if missing or unexpected:  # should not happen after diff_state, but never load silently
+        raise UserError(f"loading {source} left keys unset: {', '.join((list(missing) + list(unexpected))[:5])}")
+    report.loaded = len(arrays)
+    return report
+
+
+def load_pretrained(model: nn.Layer, spec: str, allow_missing_classifier: bool = True) -> LoadReport:
+    """Resolve ``spec`` (path, URL or ``imagenet``), read it (Paddle or PyTorch format) and load it.
+
+    Returns a ``LoadReport``; logs one info line, plus one when the classifier starts fresh.
+    """
+    model_name = getattr(model, "config", {}).get("model", "")
+    path = resolve_weights(spec, model_name)
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        from utils.pth_io import extract_state_dict, load_pth
+
+        conversion = convert_torch_state(extract_state_dict(load_pth(path)), model)
+        state: Mapping[str, Any] = conversion.state
+    else:
+        state = read_paddle_state(path)
+    report = load_state(model, state, str(path), allow_missing_classifier)
+    log.info("loaded %d tensors from %s", report.loaded, path)
+    if report.fresh:
+        log.info("the classifier is not in %s (a backbone-only checkpoint): it starts from its initialisation", path.name)
+    return report

@@ -1,0 +1,67 @@
+"""Convert a PyTorch ResNet / CSRA checkpoint (.pth) into Paddle weights (.pdparams).
+
+Reads PyTorch's zip checkpoint format without torch and without executing anything from
+the file; detects the format from the keys (torchvision ImageNet ResNet or reference CSRA,
+optionally ``module.``-prefixed); builds the target model from the model flags and checks
+every tensor's shape against it.
+
+    python tools/convert_torch_weights.py --src resnet101-63fe2227.pth --dst r101.pdparams --model resnet101
+    python tools/convert_torch_weights.py --src voc_csra.pth --dst voc.pdparams --model resnet101 --num_heads 1 --lam 0.1 --num_cls 20
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.cli import add_model_args, model_kwargs  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The converter's argument parser."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", required=True, type=Path, help="PyTorch checkpoint (.pth, zip format of torch >= 1.6)")
+    parser.add_argument("--dst", required=True, type=Path, help="output Paddle weights (.pdparams)")
+    add_model_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert ``--src`` to ``--dst``; prints what was converted and skipped. Returns 0."""
+    args = build_parser().parse_args(argv)
+    import numpy as np
+
+    from models import build_model
+    from models.convert import convert_torch_state
+    from models.weights import load_state
+    from utils.fileio import atomic_paddle_save
+    from utils.pth_io import extract_state_dict, load_pth
+
+    if args.dst.suffix != ".pdparams":
+        raise UserError(f"--dst must end in .pdparams, got {args.dst}")
+    if not args.src.is_file():
+        raise UserError(f"--src not found: {args.src}")
+    model = build_model(**model_kwargs(args))
+    source = extract_state_dict(load_pth(args.src))
+    conv = convert_torch_state(source, model)
+    load_state(model, conv.state, str(args.src))  # proves the result loads
+    atomic_paddle_save({k: np.asarray(v) for k, v in conv.state.items()}, args.dst)
+
+    print(f"source format: {conv.format}" + (" (prefix 'module.' stripped)" if conv.prefix_stripped else ""))
+    print(f"converted {len(conv.state)} tensors ({len(conv.renamed)} renamed, e.g. running_mean -> _mean)")
+    skipped_by_reason: dict[str, list[str]] = {}
+    for key, reason in conv.skipped:
+        skipped_by_reason.setdefault(reason, []).append(key)
+    for reason, keys in skipped_by_reason.items():
+        print(f"skipped {len(keys)}: {reason} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    if conv.missing_ok:
+        print(f"not in source: {len(conv.missing_ok)} classifier tensor(s), initialised fresh when the model is built")
+    print(f"wrote {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
