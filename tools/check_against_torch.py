@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.cli import add_model_args  # noqa: E402
+from utils.cli import add_model_args, fill_model_defaults  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img_size", type=int, default=448)
     parser.add_argument("--prefix", default="", help="key prefix written by the torch side, e.g. 'module.'")
     parser.add_argument("--rtol", type=float, default=1e-5)
-    add_model_args(parser)
-    args = parser.parse_args(argv)
+    add_model_args(parser, num_cls_default=20)
+    args = fill_model_defaults(parser.parse_args(argv))
     import numpy as np
     import paddle
 

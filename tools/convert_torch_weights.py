@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, type=Path, help="PyTorch checkpoint (.pth, zip format of torch >= 1.6)")
     parser.add_argument("--dst", required=True, type=Path, help="output Paddle weights (.pdparams)")
-    add_model_args(parser)
+    add_model_args(parser, num_cls_default=20)
     return parser
 
 

@@ -35,21 +35,57 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser, num_cls_default: int | None = 20) -> argparse._ArgumentGroup:
-    """Add ``--model --num_heads --lam --num_cls --attention`` (the reference's model flags)."""
+MODEL_DEFAULTS: dict[str, Any] = {"model": DEFAULT_MODEL, "num_heads": 1, "lam": 0.1, "attention": None, "img_size": 448}
+
+
+def add_model_args(parser: argparse.ArgumentParser, num_cls_default: int | None = None) -> argparse._ArgumentGroup:
+    """Add ``--model --num_heads --lam --num_cls --attention`` (the reference's model flags).
+
+    Their defaults are None so that ``fill_model_defaults`` can take unset values from a
+    training run's ``config.json`` before falling back to the reference defaults.
+    """
     from models import MODELS
 
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=DEFAULT_MODEL, help=f"backbone + CSRA model: {', '.join(MODELS.names())} (default {DEFAULT_MODEL})")
-    group.add_argument("--num_heads", type=positive_int, default=1, choices=[1, 2, 4, 6, 8], help="CSRA heads (default 1)")
-    group.add_argument("--lam", type=positive_float, default=0.1, help="weight of the attention logit, > 0 (default 0.1)")
-    group.add_argument("--num_cls", type=positive_int, default=num_cls_default, help="number of classes (default %(default)s)")
+    group.add_argument("--model", default=None, help=f"backbone + CSRA model: {', '.join(MODELS.names())} (default {DEFAULT_MODEL})")
+    group.add_argument("--num_heads", type=positive_int, default=None, choices=[1, 2, 4, 6, 8], help="CSRA heads (default 1)")
+    group.add_argument("--lam", type=positive_float, default=None, help="weight of the attention logit, > 0 (default 0.1)")
+    group.add_argument("--num_cls", type=positive_int, default=num_cls_default,
+                       help="number of classes (default: the number of class names found)" if num_cls_default is None
+                       else "number of classes (default %(default)s)")
     group.add_argument("--attention", default=None, help="attention block inside the ResNet blocks (default: none)")
     return group
 
 
+def read_run_config(weights: str | None) -> dict[str, Any]:
+    """The ``config.json`` that train.py wrote beside ``weights`` ({} when there is none)."""
+    import json
+    from pathlib import Path
+
+    if not weights:
+        return {}
+    path = Path(weights).parent / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def fill_model_defaults(args: argparse.Namespace, run_config: dict[str, Any] | None = None) -> argparse.Namespace:
+    """Fill model flags left unset: from ``run_config`` (a training run's config), else the reference defaults."""
+    run_config = run_config or {}
+    for key, default in MODEL_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, run_config.get(key, default))
+    return args
+
+
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ``build_model`` keyword arguments named by the model flags."""
+    fill_model_defaults(args)
     return {
         "name": args.model,
         "num_classes": args.num_cls,
@@ -57,3 +93,52 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "lam": args.lam,
         "attention": args.attention,
     }
+
+
+def add_data_args(parser: argparse.ArgumentParser, train: bool = False) -> argparse._ArgumentGroup:
+    """Add ``--dataset --test_json [--train_json] --classes --img_size --batch_size --num_workers``."""
+    from datasets.config import DATASETS
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=None, choices=list(DATASETS),
+                       help="dataset: chooses default JSON paths, LR step and label policy (default voc07, or the training run's)")
+    if train:
+        group.add_argument("--train_json", default=None, help="training split JSON (default: per --dataset)")
+    group.add_argument("--test_json", default=None, help="evaluation split JSON (default: per --dataset)")
+    group.add_argument("--classes", default=None, help="class names file (default: classes.txt beside the JSON, else built-in)")
+    group.add_argument("--img_size", type=positive_int, default=None, help="input side in pixels (default 448, or the training run's)")
+    group.add_argument("--batch_size", type=positive_int, default=16, help="images per batch (default 16)")
+    group.add_argument("--num_workers", type=non_negative_int, default=0,
+                       help="data-loader worker processes (default 0: load in the main process)")
+    return group
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device {auto,cpu,gpu}``."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
+                        help="where to run (default auto: GPU when Paddle has CUDA and sees one)")
+
+
+def set_device(name: str) -> str:
+    """Select the Paddle device for ``--device``; returns ``cpu`` or ``gpu``."""
+    import paddle
+
+    from utils.errors import UserError
+
+    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if name == "gpu" and not has_gpu:
+        raise UserError("--device gpu: this Paddle build has no CUDA or no GPU is visible; use --device cpu")
+    device = "gpu" if (name == "gpu" or (name == "auto" and has_gpu)) else "cpu"
+    paddle.set_device(device)
+    return device
+
+
+def resolve_num_classes(args: argparse.Namespace, names: list[str], source: str) -> int:
+    """Check ``--num_cls`` against the class names (None means: take it from them)."""
+    from utils.errors import UserError
+
+    if args.num_cls is None:
+        return len(names)
+    if args.num_cls != len(names):
+        raise UserError(f"--num_cls {args.num_cls} but {source} lists {len(names)} classes; drop --num_cls or fix it")
+    return args.num_cls

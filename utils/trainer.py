@@ -1,0 +1,366 @@
+"""Training: the reference CSRA recipe with evaluation, checkpoints, resume and data parallel.
+
+Recipe (spec section 2): BCE-with-logits (mean over B x C); SGD momentum 0.9 with weight
+decay on all parameters; classifier parameters at 10x the learning rate; per-iteration
+linear warm-up from 0 over ``warmup_epoch`` epochs; x0.1 every 4 (voc07) or 5 (coco,
+wider) epochs; flip + RandomResizedCrop(0.7-1.0) + resize; pixels scaled to [0, 1].
+
+Files written to ``save_dir`` (rank 0 only): ``last.*`` and ``interrupted.*`` checkpoint
+sets (see ``utils.checkpoint``), ``best.pdparams`` + ``best.json`` (highest mAP so far),
+``metrics.jsonl`` (one row per epoch), ``classes.txt`` and ``config.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+import paddle.nn.functional as F
+from tqdm import tqdm
+
+from datasets.classes import write_class_file
+from datasets.config import dataset_defaults, label_policy, resolve_classes
+from datasets.dataset import MultiLabelDataset, SeededBatchSampler
+from datasets.samplers import ShardedBatchSampler
+from datasets.transforms import TestTransform, TrainTransform
+from models import build_model
+from utils.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from utils.cli import fill_model_defaults, model_kwargs, read_run_config, resolve_num_classes, set_device
+from utils.errors import UserError
+from utils.fileio import atomic_paddle_save, atomic_write_json, atomic_write_text
+from utils.logger import get_logger
+from utils.lr import WarmupStepDecay
+from utils.metrics import evaluate, format_reference_lines
+from utils.scoring import predict_scores
+
+log = get_logger("train")
+CLASSIFIER_LR_SCALE = 10.0
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or Inf."""
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint must carry to resume exactly."""
+
+    epoch: int = 0  # completed epochs
+    iteration: int = 0  # batches done inside the current (incomplete) epoch
+    best_map: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _StopRequest:
+    """SIGINT handler: the first Ctrl-C asks the loop to save and stop; a second one kills."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopRequest":
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        log.warning("interrupt received: saving a resumable checkpoint after this step (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+
+def split_parameters(model: paddle.nn.Layer) -> tuple[list[paddle.Tensor], list[paddle.Tensor]]:
+    """(backbone parameters, classifier parameters): the classifier's train at 10x lr."""
+    backbone, classifier = [], []
+    for name, param in model.named_parameters():
+        if param.stop_gradient:
+            continue
+        (classifier if name.startswith("classifier.") else backbone).append(param)
+    return backbone, classifier
+
+
+def build_optimizer(
+    model: paddle.nn.Layer, lr: float, momentum: float, weight_decay: float, iters_per_epoch: int, warmup_epochs: int, step_epochs: int
+) -> tuple[paddle.optimizer.Momentum, WarmupStepDecay]:
+    """SGD with momentum, L2 weight decay on every parameter, classifier at 10x lr.
+
+    Returns (optimizer, scheduler); call ``scheduler.step()`` once per iteration.
+    """
+    scheduler = WarmupStepDecay(lr, iters_per_epoch, warmup_epochs, step_epochs)
+    backbone, classifier = split_parameters(model)
+    groups = [{"params": backbone}, {"params": classifier, "learning_rate": CLASSIFIER_LR_SCALE}]
+    optimizer = paddle.optimizer.Momentum(
+        learning_rate=scheduler,
+        momentum=momentum,
+        parameters=groups,
+        weight_decay=paddle.regularizer.L2Decay(weight_decay) if weight_decay > 0 else None,
+    )
+    return optimizer, scheduler
+
+
+def check_binary_targets(dataset: MultiLabelDataset) -> None:
+    """Training targets must be 0/1 (a test split with -1/99 labels is refused)."""
+    bad = np.setdiff1d(np.unique(dataset.targets), [0.0, 1.0])
+    if bad.size:
+        raise UserError(
+            f"training labels in {dataset.json_path} must be 0/1 but contain {bad.tolist()}: "
+            "is this a test split? Train on the trainval/train JSON"
+        )
+
+
+def _is_main() -> bool:
+    return dist.get_rank() == 0
+
+
+class Trainer:
+    """Builds data, model and optimizer from parsed ``train.py`` arguments and runs training."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if args.resume:  # the run's own settings, unless given again on the command line
+            fill_model_defaults(args, read_run_config(str(Path(args.resume) / "last.pdparams") if Path(args.resume).is_dir() else args.resume))
+        fill_model_defaults(args)
+        args.dataset = args.dataset or "voc07"
+        self.args = args
+        self.world = dist.get_world_size()
+        self.rank = dist.get_rank()
+        self.device = set_device(args.device)
+        if self.world > 1:
+            dist.init_parallel_env()
+        if args.amp and self.device != "gpu":
+            log.info("--amp needs a GPU: training in float32 on the CPU")
+        self.use_amp = bool(args.amp and self.device == "gpu")
+        if args.batch_size % self.world:
+            raise UserError(f"--batch_size {args.batch_size} must be divisible by the {self.world} processes (it is the global batch)")
+        defaults = dataset_defaults(args.dataset)
+        self.train_json = args.train_json or defaults.train_json
+        self.test_json = args.test_json or defaults.test_json
+        for flag, path in (("--train_json", self.train_json), ("--test_json", self.test_json)):
+            if not Path(path).is_file():
+                raise UserError(f"{flag} {path} not found; prepare the dataset first (see README: Preparing datasets) or pass {flag}")
+        self.classes, source = resolve_classes(args.dataset, args.classes, self.train_json)
+        args.num_cls = resolve_num_classes(args, self.classes, source)
+        self.step_epochs = defaults.step_epochs
+        random_crop = args.dataset != "wider"
+        self.train_set = MultiLabelDataset(
+            self.train_json, TrainTransform(args.img_size, defaults.mean, defaults.std, random_crop=random_crop),
+            classes=self.classes, seed=args.seed,
+        )
+        check_binary_targets(self.train_set)
+        self.test_set = MultiLabelDataset(self.test_json, TestTransform(args.img_size, defaults.mean, defaults.std), classes=self.classes)
+        if len(self.train_set) < args.batch_size and len(self.train_set) < self.world:
+            raise UserError(f"{self.train_json} has only {len(self.train_set)} images")
+        self.policy = label_policy(args.dataset, bool((self.test_set.targets == -1).any()))
+        global_sampler = SeededBatchSampler(len(self.train_set), args.batch_size, shuffle=True, seed=args.seed)
+        self.train_sampler = ShardedBatchSampler(global_sampler, self.rank, self.world)
+        if len(self.train_sampler) == 0:
+            raise UserError(f"{self.train_json} gives no full batch for {self.world} processes")
+        self.train_loader = paddle.io.DataLoader(
+            self.train_set, batch_sampler=self.train_sampler, num_workers=args.num_workers, use_shared_memory=args.shared_memory
+        )
+        self.test_loader = paddle.io.DataLoader(
+            self.test_set, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers, use_shared_memory=args.shared_memory
+        )
+        paddle.seed(args.seed)
+        np.random.seed(args.seed)
+        self.model = build_model(**model_kwargs(args), pretrained=args.pretrained)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model, args.lr, args.momentum, args.w_d, len(self.train_sampler), args.warmup_epoch, self.step_epochs
+        )
+        self.state = TrainState()
+        self.save_dir = Path(args.save_dir)
+        if args.resume:
+            self._resume(args.resume)
+        self.net = paddle.DataParallel(self.model) if self.world > 1 else self.model
+        self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024) if self.use_amp else None
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self, where: str) -> None:
+        stem = find_resume_checkpoint(where)
+        params, opt_state, states = load_checkpoint(stem)
+        from models.weights import load_state
+
+        load_state(self.model, params, f"{stem}.pdparams", allow_missing_classifier=False)
+        self.optimizer.set_state_dict(opt_state)
+        set_rng_state(states["rng"])
+        self.state = TrainState(
+            epoch=int(states["epoch"]), iteration=int(states.get("iteration", 0)),
+            best_map=float(states.get("best_map", -1.0)), best_epoch=int(states.get("best_epoch", 0)),
+        )
+        if states.get("iters_per_epoch") not in (None, len(self.train_sampler)):
+            log.warning("batches per epoch changed since the checkpoint (%s -> %d): the LR schedule continues by iteration count",
+                        states.get("iters_per_epoch"), len(self.train_sampler))
+        log.info("resumed from %s: %d epoch(s) done%s", stem, self.state.epoch,
+                 f", {self.state.iteration} batch(es) into epoch {self.state.epoch + 1}" if self.state.iteration else "")
+
+    def _states(self) -> dict[str, Any]:
+        return {
+            "epoch": self.state.epoch, "iteration": self.state.iteration, "best_map": self.state.best_map,
+            "best_epoch": self.state.best_epoch, "iters_per_epoch": len(self.train_sampler),
+            "config": self.model.config, "classes": self.classes,
+        }
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> TrainState:
+        """Train from ``state.epoch`` to ``--total_epoch``; returns the final state."""
+        args = self.args
+        if _is_main():
+            self._write_run_files()
+        if self.state.epoch >= args.total_epoch:
+            log.info("already trained %d of %d epochs: nothing to do", self.state.epoch, args.total_epoch)
+            return self.state
+        with _StopRequest() as stop:
+            while self.state.epoch < args.total_epoch:
+                epoch = self.state.epoch  # 0-based; logs say epoch + 1 like the reference
+                stats = self._train_epoch(epoch, stop)
+                if stats is None:  # interrupted inside the epoch
+                    return self._save_interrupted()
+                self.state.epoch, self.state.iteration = epoch + 1, 0
+                row = {"epoch": epoch + 1, **stats}
+                if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.total_epoch:
+                    row.update(self._evaluate(epoch + 1))
+                if _is_main():
+                    save_checkpoint(self.save_dir, "last", self.model, self.optimizer, self._states())
+                    self._remove("interrupted")
+                    self._append_metrics(row)
+                self._log_epoch(row)
+                if self._sync_stop(stop.requested):
+                    return self._save_interrupted()
+        return self.state
+
+    def _train_epoch(self, epoch: int, stop: _StopRequest) -> dict[str, float] | None:
+        args = self.args
+        self.train_sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        skip = self.state.iteration
+        self.train_sampler.start_batch = skip
+        self.net.train()
+        n_batches = len(self.train_sampler)
+        losses: list[float] = []
+        seen = 0
+        start = time.perf_counter()
+        bar = tqdm(total=n_batches, initial=skip, desc=f"epoch {epoch + 1}/{args.total_epoch}", disable=None if _is_main() else True, leave=False)
+        for it, (images, targets) in enumerate(self.train_loader, start=skip):
+            t0 = time.perf_counter()
+            lr = self.optimizer.get_lr()
+            loss = self._step(images, targets)
+            value = float(loss)
+            if not math.isfinite(value):
+                bar.close()
+                raise TrainingDiverged(
+                    f"loss became {value} at epoch {epoch + 1}, batch {it + 1}: training stopped; the last good checkpoint "
+                    f"stays in {self.save_dir} (resume with --resume {self.save_dir}); try a lower --lr"
+                )
+            losses.append(value)
+            seen += int(images.shape[0]) * self.world
+            self.state.iteration = it + 1
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.5f}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
+            bar.update(1)
+            if _is_main() and args.print_freq and it % args.print_freq == 0:
+                done = min((it + 1) * args.batch_size, len(self.train_set))
+                tqdm.write(f"Epoch {epoch + 1}[{done}/{len(self.train_set)}]: loss:{value:.5f}, lr:{lr:.5f}, time:{time.perf_counter() - t0:.4f}")
+            if self._sync_stop(stop.requested) and self.state.iteration < n_batches:
+                bar.close()
+                return None
+        bar.close()
+        elapsed = time.perf_counter() - start
+        return {
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": float(self.optimizer.get_lr()),
+            "time_s": elapsed,
+            "images_per_s": seen / max(elapsed, 1e-9),
+        }
+
+    def _step(self, images: paddle.Tensor, targets: paddle.Tensor) -> paddle.Tensor:
+        if self.scaler is not None:
+            with paddle.amp.auto_cast():
+                logits = self.net(images)
+            loss = F.binary_cross_entropy_with_logits(logits.astype("float32"), targets)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss = F.binary_cross_entropy_with_logits(self.net(images), targets)
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.clear_grad()
+        self.scheduler.step()
+        return loss
+
+    def _sync_stop(self, requested: bool) -> bool:
+        if self.world == 1:
+            return requested
+        flag = paddle.to_tensor([1 if requested else 0], dtype="int32")
+        dist.all_reduce(flag)
+        return bool(int(flag.numpy()[0]))
+
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if _is_main():
+            scores = predict_scores(self.model, self.test_loader, desc=f"eval epoch {epoch}")
+            result = evaluate(scores, self.test_set.targets, policy=self.policy, threshold=self.args.threshold, class_names=self.classes)
+            metrics = {"map": result.map, "cf1": result.cf1, "of1": result.of1, "cp": result.cp, "cr": result.cr, "op": result.op, "or": result.or_}
+            print(f"Test on Epoch {epoch}\n{format_reference_lines(result)}", flush=True)
+            if result.map > self.state.best_map:
+                self.state.best_map, self.state.best_epoch = float(result.map), epoch
+                atomic_paddle_save(self.model.state_dict(), self.save_dir / "best.pdparams")
+                atomic_write_json(self.save_dir / "best.json", {"epoch": epoch, **metrics, **self._model_info()}, indent=2)
+        if self.world > 1:
+            dist.barrier()
+        return metrics
+
+    def _save_interrupted(self) -> TrainState:
+        if _is_main():
+            path = save_checkpoint(self.save_dir, "interrupted", self.model, self.optimizer, self._states())
+            log.warning("saved %s (epoch %d, batch %d); resume with --resume %s", path, self.state.epoch + 1, self.state.iteration, self.save_dir)
+        raise KeyboardInterrupt
+
+    # ------------------------------------------------------------------ files
+    def _model_info(self) -> dict[str, Any]:
+        return {**self.model.config, "img_size": self.args.img_size, "dataset": self.args.dataset}
+
+    def _write_run_files(self) -> None:
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        write_class_file(self.save_dir / "classes.txt", self.classes)
+        config = {k: v for k, v in vars(self.args).items()}
+        config.update(train_json=self.train_json, test_json=self.test_json, world_size=self.world, **self._model_info())
+        atomic_write_json(self.save_dir / "config.json", config, indent=2)
+        metrics = self.save_dir / "metrics.jsonl"
+        if metrics.exists():  # keep only rows of epochs the resumed state has completed
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if r.get("epoch", 0) <= self.state.epoch]
+            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.save_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def _remove(self, tag: str) -> None:
+        for suffix in (".pdparams", ".pdopt", ".pdstates"):
+            (self.save_dir / f"{tag}{suffix}").unlink(missing_ok=True)
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        if not _is_main():
+            return
+        msg = (f"Epoch {row['epoch']} training ends: loss {row['loss']:.5f}, lr {row['lr']:.6f}, "
+               f"{row['images_per_s']:.1f} img/s, total {row['time_s']:.2f}s")
+        if "map" in row:
+            msg += f" | mAP {row['map']:.4f} CF1 {row['cf1']:.4f} OF1 {row['of1']:.4f} (best {self.state.best_map:.4f} @ epoch {self.state.best_epoch})"
+        log.info(msg)
+
+
+def train(args: argparse.Namespace) -> TrainState:
+    """Build a ``Trainer`` from parsed arguments and run it."""
+    return Trainer(args).run()
+
