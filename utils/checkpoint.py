@@ -26,13 +26,16 @@ SUFFIXES = (".pdparams", ".pdopt", ".pdstates")
 
 def rng_state() -> dict[str, Any]:
     """Snapshot of Python, NumPy and Paddle random generators."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "paddle": paddle.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss))  # plain types: paddle.load
+    return {"python": random.getstate(), "numpy": numpy_state, "paddle": paddle.get_rng_state()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore a snapshot taken by ``rng_state``."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     paddle.set_rng_state(state["paddle"])
 
 
@@ -105,7 +108,7 @@ def load_checkpoint(stem: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
         if not f.is_file():
             raise UserError(f"incomplete checkpoint: {f} is missing")
         try:
-            loaded.append(paddle.load(str(f)))
+            loaded.append(paddle.load(str(f), return_numpy=suffix == ".pdstates"))
         except Exception as exc:
             raise UserError(f"cannot read checkpoint file {f}: {exc}") from None
     params, opt, states = loaded
