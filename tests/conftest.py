@@ -25,3 +25,49 @@ def voc_small() -> Path:
     if not SHARED_VOC_SMALL.exists():
         pytest.fail(f"shared VOC data missing at {SHARED_VOC_SMALL}")
     return SHARED_VOC_SMALL
+
+
+def run_script(*args: str, cwd: Path = REPO_ROOT, timeout: float = 600, env: dict | None = None):
+    """Run ``python <args>`` from the repository root; returns the CompletedProcess (text)."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> dict:
+    """A 40-image demo dataset at 64 px, prepared: {'root', 'train', 'test', 'classes', 'images'}."""
+    from datasets.make_demo import generate_demo
+    from datasets.prepare_voc import prepare_voc
+
+    root = tmp_path_factory.mktemp("tiny_demo")
+    summary = generate_demo(root, num_images=40, seed=0, img_size=64)
+    prepare_voc(str(root / "VOCdevkit"), str(root), classes_file=str(summary["classes_file"]))
+    return {
+        "root": root,
+        "train": root / "trainval_voc07.json",
+        "test": root / "test_voc07.json",
+        "classes": root / "classes.txt",
+        "images": Path(summary["voc_root"]) / "JPEGImages",
+    }
+
+
+def train_flags(demo: dict, save_dir: Path, epochs: int, *extra: str) -> list[str]:
+    """train.py arguments for a resnet18 run at 64 px on the tiny demo data."""
+    return [
+        "train.py", "--dataset", "demo", "--train_json", str(demo["train"]), "--test_json", str(demo["test"]),
+        "--model", "resnet18", "--img_size", "64", "--batch_size", "8", "--warmup_epoch", "1",
+        "--total_epoch", str(epochs), "--save_dir", str(save_dir), "--print_freq", "1", *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def two_epochs(tiny_demo, tmp_path_factory) -> tuple:
+    """A finished 2-epoch training run: (save_dir, CompletedProcess)."""
+    save = tmp_path_factory.mktemp("run") / "two"
+    result = run_script(*train_flags(tiny_demo, save, 2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return save, result
+
+

@@ -225,6 +225,7 @@ class Trainer:
                 stats = self._train_epoch(epoch, stop)
                 if stats is None:  # interrupted inside the epoch
                     return self._save_interrupted()
+                self._check_finite_weights(epoch)
                 self.state.epoch, self.state.iteration = epoch + 1, 0
                 row = {"epoch": epoch + 1, **stats}
                 if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.total_epoch:
@@ -281,6 +282,15 @@ class Trainer:
             "time_s": elapsed,
             "images_per_s": seen / max(elapsed, 1e-9),
         }
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """A finite loss can still leave NaN/Inf weights after the last update: never save those."""
+        for name, value in self.model.state_dict().items():
+            if value.dtype in (paddle.float32, paddle.float16, paddle.bfloat16, paddle.float64) and not bool(paddle.isfinite(value).all()):
+                raise TrainingDiverged(
+                    f"weights became NaN/Inf during epoch {epoch + 1} (first: {name}): training stopped; the last good "
+                    f"checkpoint stays in {self.save_dir} (resume with --resume {self.save_dir}); try a lower --lr"
+                )
 
     def _step(self, images: paddle.Tensor, targets: paddle.Tensor) -> paddle.Tensor:
         if self.scaler is not None:

@@ -1,0 +1,124 @@
+"""train.py end to end on tiny demo data: files, resume equality, SIGINT, NaN stop, launch."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from tests.conftest import REPO_ROOT, run_script, train_flags
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in paddle.load(str(path), return_numpy=True).items()}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+
+
+def test_training_writes_checkpoints_metrics_and_logs(two_epochs) -> None:
+    save, result = two_epochs
+    for name in ("last.pdparams", "last.pdopt", "last.pdstates", "best.pdparams", "best.json", "metrics.jsonl", "classes.txt", "config.json"):
+        assert (save / name).is_file(), name
+    assert not list(save.glob("*.tmp")) and not list(save.glob(".*"))
+    rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all({"loss", "lr", "map", "cf1", "of1"} <= r.keys() for r in rows)
+    best = json.loads((save / "best.json").read_text())
+    assert best["map"] == max(r["map"] for r in rows)
+    assert re.search(r"^Epoch 1\[8/24\]: loss:\d+\.\d{5}, lr:0\.00000, time:\d+\.\d{4}$", result.stdout, re.M)
+    assert re.search(r"^mAP: \d\.\d{6}$", result.stdout, re.M)
+    assert "Epoch 2 training ends" in result.stderr
+    config = json.loads((save / "config.json").read_text())
+    assert config["model"] == "resnet18" and config["num_cls"] == 8 and config["img_size"] == 64
+
+
+def test_resume_after_one_epoch_equals_two_epochs(two_epochs, tiny_demo, tmp_path: Path) -> None:
+    save = tmp_path / "resumed"
+    assert run_script(*train_flags(tiny_demo, save, 1)).returncode == 0
+    result = run_script(*train_flags(tiny_demo, save, 2), "--resume", str(save))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from" in result.stderr
+    assert_same_weights(save / "last.pdparams", two_epochs[0] / "last.pdparams")
+    assert len((save / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_sigint_saves_a_checkpoint_that_resumes_exactly(two_epochs, tiny_demo, tmp_path: Path) -> None:
+    save = tmp_path / "sig"
+    proc = subprocess.Popen([sys.executable, *train_flags(tiny_demo, save, 2)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Epoch 1[8/"):
+            proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) != 0
+    assert (save / "interrupted.pdstates").is_file(), "".join(lines)[-2000:]
+    assert "Traceback" not in "".join(lines)
+    result = run_script(*train_flags(tiny_demo, save, 2), "--resume", str(save))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from" in result.stderr and "interrupted" in result.stderr
+    assert not (save / "interrupted.pdstates").exists()
+    assert_same_weights(save / "last.pdparams", two_epochs[0] / "last.pdparams")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_demo, tmp_path: Path) -> None:
+    save = tmp_path / "nan"
+    assert run_script(*train_flags(tiny_demo, save, 1)).returncode == 0
+    result = run_script(*train_flags(tiny_demo, save, 6, "--lr", "1e12"), "--resume", str(save))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    match = re.search(r"error: (loss became (nan|inf)|weights became NaN/Inf) (at|during) epoch (\d+)", result.stderr)
+    assert match, result.stderr[-2000:]
+    bad_epoch = int(match.group(4))
+    states = paddle.load(str(save / "last.pdstates"), return_numpy=True)
+    assert states["epoch"] == bad_epoch - 1  # the checkpoint of the last finished epoch stays
+    assert not (save / "interrupted.pdstates").exists()
+    assert all(np.isfinite(v).all() for v in weights(save / "last.pdparams").values())
+    rows = (save / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == bad_epoch - 1
+
+
+def test_two_process_launch_matches_one_process(two_epochs, tiny_demo, tmp_path: Path) -> None:
+    save = tmp_path / "dp"
+    result = run_script("-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "log"),
+                        *train_flags(tiny_demo, save, 2))
+    assert result.returncode == 0, (tmp_path / "log" / "workerlog.1").read_text()[-3000:]
+    rank0 = (tmp_path / "log" / "workerlog.0").read_text()
+    rank1 = (tmp_path / "log" / "workerlog.1").read_text()
+    assert "Test on Epoch 2" in rank0 and "Test on Epoch" not in rank1  # only rank 0 evaluates and logs
+    assert "Epoch 1[" in rank0 and "Epoch 1[" not in rank1
+    dp_rows = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
+    one_rows = [json.loads(x) for x in (two_epochs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert len(dp_rows) == 2
+    # Same data, same global batches; only BatchNorm statistics are per process (4 vs 8 images).
+    for dp, one in zip(dp_rows, one_rows):
+        assert dp["loss"] == pytest.approx(one["loss"], rel=0.1)
+    before = weights(two_epochs[0] / "last.pdparams")
+    after = weights(save / "last.pdparams")
+    assert before.keys() == after.keys()
+
+
+def test_missing_json_is_a_clear_error(tiny_demo, tmp_path: Path) -> None:
+    flags = train_flags(tiny_demo, tmp_path / "x", 1)
+    flags[flags.index("--train_json") + 1] = str(tmp_path / "nope.json")
+    result = run_script(*flags)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "nope.json not found" in result.stderr
+
+
+def test_test_split_as_training_data_is_refused(tiny_demo, tmp_path: Path) -> None:
+    flags = train_flags(tiny_demo, tmp_path / "x", 1)
+    flags[flags.index("--train_json") + 1] = str(tiny_demo["test"])
+    result = run_script(*flags)
+    assert result.returncode != 0 and "must be 0/1" in result.stderr and "Traceback" not in result.stderr
