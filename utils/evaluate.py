@@ -190,11 +190,9 @@ def match_predictions(
 
 
 def _read_names(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read class names file {path}: {exc}") from None
-    return [ln.strip() for ln in lines if ln.strip()]
+    from datasets.classes import read_class_file  # the one class-file reader
+
+    return read_class_file(path)
 
 
 def resolve_class_names(
