@@ -8,13 +8,18 @@ its 3x3 conv ("v1.5"), output stride is 32 and there is no dilation.
 Blocks have two hooks for attention blocks:
 - a *recalibrator* acting on the residual branch after the last BN, before the add;
 - a *mixer* replacing the bottleneck's 3x3 ``conv2`` (keeping the name).
+In eval mode a bottleneck evaluates recalibrators that define ``mean_affine`` from conv3's
+input (``_mean_affine_tail``): same function, fewer passes over the feature map.
 """
 from __future__ import annotations
 
 from typing import Callable, Protocol
 
 import paddle
+import paddle.nn.functional as F
 from paddle import nn
+
+from utils.errors import UserError
 
 # A factory building a recalibrator for a block: (channels, stage 1..4) -> Layer or None.
 RecalibratorFactory = Callable[[int, int], nn.Layer | None]
@@ -123,7 +128,28 @@ class BottleneckBlock(_ResidualBlock):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
+        recalibrator = getattr(self, self._recalibrator_key) if self._recalibrator_key else None
+        if recalibrator is not None and not self.training and hasattr(recalibrator, "mean_affine"):
+            return self._mean_affine_tail(recalibrator, out, identity)
         out = self._recalibrate(self.bn3(self.conv3(out)))
+        return self.relu(out + identity)
+
+    def _mean_affine_tail(self, recalibrator: nn.Layer, h: paddle.Tensor, identity: paddle.Tensor) -> paddle.Tensor:
+        """Inference path for recalibrators that are ``x * scale + shift`` of the channel means of
+        ``x = bn3(conv3(h))`` (SE, ECA, MultiSE, AB; see ``Recalibrator.mean_affine``).
+
+        In eval mode bn3 and the 1x1 conv3 are affine, so ``mean_HW(x) = bn3(conv3(mean_HW(h)))``:
+        the mean is taken on the 4x narrower ``h``, and an additive ``shift`` goes into the
+        identity branch so that conv3 + bn3 + the residual add + ReLU stay one fused op in
+        Paddle Inference. Same function as the training path up to float rounding.
+        """
+        mean = self.bn3(self.conv3(F.adaptive_avg_pool2d(h, 1)))  # [B, C, 1, 1]
+        scale, shift = recalibrator.mean_affine(mean)
+        if shift is not None:
+            identity = identity + shift
+        out = self.bn3(self.conv3(h))
+        if scale is not None:
+            out = out * scale
         return self.relu(out + identity)
 
 
@@ -158,6 +184,11 @@ class ResNet(nn.Layer):
         if depth not in RESNET_SPECS:
             raise ValueError(f"unsupported ResNet depth {depth}; choose from {sorted(RESNET_SPECS)}")
         block, layers = RESNET_SPECS[depth]
+        if mixer_factory is not None and block is not BottleneckBlock:
+            raise UserError(
+                f"attention blocks that replace the 3x3 conv (mixers) need a bottleneck ResNet "
+                f"(resnet50/101/152); ResNet-{depth} has basic blocks"
+            )
         self.depth = depth
         self.inplanes = 64
         self.conv1 = nn.Conv2D(3, 64, 7, stride=2, padding=3, bias_attr=False, weight_attr=_conv_init())
@@ -189,7 +220,7 @@ class ResNet(nn.Layer):
             if i == 0 and (s != 1 or self.inplanes != out_channels):
                 downsample = nn.Sequential(conv1x1(self.inplanes, out_channels, s), nn.BatchNorm2D(out_channels))
             recal = recalibrator_factory(out_channels, stage) if recalibrator_factory else None
-            mixer = mixer_factory(planes, planes, s, stage) if mixer_factory and block is BottleneckBlock else None
+            mixer = mixer_factory(planes, planes, s, stage) if mixer_factory else None
             layers.append(block(self.inplanes, planes, s, downsample, recalibrator=recal, mixer=mixer))
             self.inplanes = out_channels
         return nn.Sequential(*layers)

@@ -6,8 +6,10 @@
 - an http(s) URL, downloaded once into the weights cache (``$CSRA_WEIGHTS_HOME`` or Paddle's
   ``~/.cache/paddle/hapi/weights``) and md5-checked when the md5 is known;
 - ``imagenet``: Paddle's official ImageNet weights for the model's ResNet depth.
-The checkpoint must fit the model exactly, except that the classifier may be missing from
-a backbone-only (ImageNet) source; anything else is a UserError naming the first bad keys.
+The checkpoint must fit the model exactly, except that a backbone-only (ImageNet) source
+may lack the classifier and, when it holds no attention-block tensor at all, the model's
+attention blocks (they keep their initialisation; the 3x3 conv weights a mixer replaces are
+dropped). Anything else is a UserError naming the first bad keys.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from models.convert import CLASSIFIER_PREFIX, convert_torch_state
+from models.convert import CLASSIFIER_PREFIX, attention_state_keys, convert_torch_state
 from models.state_check import diff_state
 from utils.errors import UserError
 from utils.logger import get_logger
@@ -46,7 +48,9 @@ class LoadReport:
     source: str
     loaded: int = 0
     dropped: list[str] = field(default_factory=list)
-    fresh: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)  # classifier keys left at their initialisation
+    fresh_attention: list[str] = field(default_factory=list)  # attention-block keys left at their initialisation
+    replaced: list[str] = field(default_factory=list)  # source 3x3 conv weights a mixer replaces (not loaded)
 
 
 def weights_cache_dir() -> Path:
@@ -116,10 +120,14 @@ def load_state(model: nn.Layer, state: Mapping[str, Any], source: str, allow_mis
         model: the target model.
         state: name -> array/Tensor in Paddle names.
         source: a name for messages (file path or URL).
-        allow_missing_classifier: accept a backbone-only source (classifier stays fresh).
+        allow_missing_classifier: accept a backbone-only source: the classifier, and the
+            attention blocks when the source has no attention-block tensor at all, stay
+            fresh; the 3x3 conv weights that the model's mixers replace are then ignored.
     Returns:
         a ``LoadReport``; UserError when keys or shapes do not fit.
     """
+    from models.attention import Mixer, attention_blocks
+
     report = LoadReport(source=source)
     target = model.state_dict()
     state = dict(state)
@@ -127,24 +135,41 @@ def load_state(model: nn.Layer, state: Mapping[str, Any], source: str, allow_mis
         if key in state and key not in target:
             state.pop(key)
             report.dropped.append(key)
+    block_keys = attention_state_keys(model)
+    source_has_blocks = any(k in block_keys for k in state)
+    if allow_missing_classifier and block_keys and not source_has_blocks:
+        for prefix, layer in attention_blocks(model):
+            key = f"{prefix}weight"  # the plain conv2 this mixer replaced
+            if isinstance(layer, Mixer) and key in state and key not in target:
+                state.pop(key)
+                report.replaced.append(key)
     diff = diff_state(target, state)
     has_classifier = any(k.startswith(CLASSIFIER_PREFIX) for k in state)
     if allow_missing_classifier and not has_classifier:
         report.fresh = [k for k in diff.missing if k.startswith(CLASSIFIER_PREFIX)]
-        diff.missing = [k for k in diff.missing if k not in report.fresh]
+    if allow_missing_classifier and not source_has_blocks:
+        report.fresh_attention = [k for k in diff.missing if k in block_keys]
+    left_fresh = set(report.fresh) | set(report.fresh_attention)
+    diff.missing = [k for k in diff.missing if k not in left_fresh]
     if diff.unexpected or diff.mismatched or diff.missing:
         cfg = getattr(model, "config", {})
-        what = f"{cfg.get('model', type(model).__name__)} ({cfg.get('num_classes', '?')} classes, {cfg.get('num_heads', '?')} head(s))"
+        what = f"{cfg.get('model', type(model).__name__)} ({cfg.get('num_classes', '?')} classes, {cfg.get('num_heads', '?')} head(s)"
+        if cfg.get("attention"):
+            what += f", attention {cfg['attention']} in stage(s) {','.join(map(str, cfg.get('attention_stages') or []))}"
+        what += ")"
+        hint = ""
+        if any(k in block_keys for k, _, _ in diff.mismatched) and cfg.get("attention") == "ge":
+            hint = "; GE kernels follow the input size: use the --img_size the checkpoint was trained at"
         raise UserError(
             f"checkpoint {source} does not fit the model {what}: {diff.describe()}. "
-            "Check that --model, --num_cls, --num_heads (and --attention) match the checkpoint"
+            "Check that --model, --num_cls, --num_heads (and --attention, --attention_stages) match the checkpoint" + hint
         )
     arrays = {k: (v if isinstance(v, paddle.Tensor) else paddle.to_tensor(np.asarray(v))) for k, v in state.items()}
     for k, v in arrays.items():
         if v.dtype != target[k].dtype:
             arrays[k] = v.astype(target[k].dtype)
     missing, unexpected = model.set_state_dict(arrays)
-    missing = [k for k in missing if k not in report.fresh]
+    missing = [k for k in missing if k not in left_fresh]
     if missing or unexpected:  # should not happen after diff_state, but never load silently
         raise UserError(f"loading {source} left keys unset: {', '.join((list(missing) + list(unexpected))[:5])}")
     report.loaded = len(arrays)
@@ -169,4 +194,8 @@ def load_pretrained(model: nn.Layer, spec: str, allow_missing_classifier: bool =
     log.info("loaded %d tensors from %s", report.loaded, path)
     if report.fresh:
         log.info("the classifier is not in %s (a backbone-only checkpoint): it starts from its initialisation", path.name)
+    if report.fresh_attention:
+        attention = getattr(model, "config", {}).get("attention") or "attention"
+        log.info("the %s blocks are not in %s (%d tensors): they start from their initialisation%s", attention, path.name,
+                 len(report.fresh_attention), f"; {len(report.replaced)} replaced 3x3 conv weight(s) ignored" if report.replaced else "")
     return report

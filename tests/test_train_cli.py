@@ -89,24 +89,26 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_demo, tmp_path: 
     assert len(rows) == bad_epoch - 1
 
 
-def test_two_process_launch_matches_one_process(two_epochs, tiny_demo, tmp_path: Path) -> None:
+def test_two_process_launch_matches_one_process(tiny_demo, tmp_path: Path) -> None:
+    # A small lr keeps the two runs close: they see the same global batches, and only the
+    # BatchNorm statistics differ (per process: 4 images instead of 8).
+    flags = ("--lr", "0.002", "--eval_interval", "1")
+    single = run_script(*train_flags(tiny_demo, tmp_path / "one", 1, *flags))
+    assert single.returncode == 0, single.stderr[-2000:]
     save = tmp_path / "dp"
     result = run_script("-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "log"),
-                        *train_flags(tiny_demo, save, 2))
+                        *train_flags(tiny_demo, save, 1, *flags))
     assert result.returncode == 0, (tmp_path / "log" / "workerlog.1").read_text()[-3000:]
     rank0 = (tmp_path / "log" / "workerlog.0").read_text()
     rank1 = (tmp_path / "log" / "workerlog.1").read_text()
-    assert "Test on Epoch 2" in rank0 and "Test on Epoch" not in rank1  # only rank 0 evaluates and logs
+    assert "Test on Epoch 1" in rank0 and "Test on Epoch" not in rank1  # only rank 0 evaluates and logs
     assert "Epoch 1[" in rank0 and "Epoch 1[" not in rank1
-    dp_rows = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
-    one_rows = [json.loads(x) for x in (two_epochs[0] / "metrics.jsonl").read_text().splitlines()]
-    assert len(dp_rows) == 2
-    # Same data, same global batches; only BatchNorm statistics are per process (4 vs 8 images).
-    for dp, one in zip(dp_rows, one_rows):
-        assert dp["loss"] == pytest.approx(one["loss"], rel=0.1)
-    before = weights(two_epochs[0] / "last.pdparams")
-    after = weights(save / "last.pdparams")
-    assert before.keys() == after.keys()
+    dp_row = json.loads((save / "metrics.jsonl").read_text().splitlines()[0])
+    one_row = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
+    assert dp_row["loss"] == pytest.approx(one_row["loss"], rel=0.05)
+    one_w, dp_w = weights(tmp_path / "one" / "last.pdparams"), weights(save / "last.pdparams")
+    head = "classifier.multi_head.0.head.weight"
+    assert np.abs(dp_w[head] - one_w[head]).max() < 0.1 * np.abs(one_w[head]).max()
 
 
 def test_missing_json_is_a_clear_error(tiny_demo, tmp_path: Path) -> None:

@@ -1,12 +1,16 @@
 """Convert a PyTorch ResNet / CSRA checkpoint (.pth) into Paddle weights (.pdparams).
 
 Reads PyTorch's zip checkpoint format without torch and without executing anything from
-the file; detects the format from the keys (torchvision ImageNet ResNet or reference CSRA,
-optionally ``module.``-prefixed); builds the target model from the model flags and checks
-every tensor's shape against it.
+the file; detects the format from the keys (torchvision ImageNet ResNet, reference CSRA,
+the channel-attention ResNets ``layerX.Y.rclb.*``, the PRM ResNets ``layerX.Y.prm.*`` or the
+AT-kernel mmcls backbone ``backbone.*``; optionally ``module.``-prefixed); builds the target
+model from the model flags and checks every tensor's shape against it. Without
+``--attention``, the attention block (and its stages; GE's input size) is taken from the
+checkpoint's keys.
 
     python tools/convert_torch_weights.py --src resnet101-63fe2227.pth --dst r101.pdparams --model resnet101
     python tools/convert_torch_weights.py --src voc_csra.pth --dst voc.pdparams --model resnet101 --num_heads 1 --lam 0.1 --num_cls 20
+    python tools/convert_torch_weights.py --src se50.pth.tar --dst se50.pdparams --model resnet50   # --attention se implied
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from models import build_model
-    from models.convert import convert_torch_state
+    from models.convert import convert_torch_state, infer_attention
     from models.weights import load_state
     from utils.fileio import atomic_paddle_save
     from utils.pth_io import extract_state_dict, load_pth
@@ -44,13 +48,23 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--dst must end in .pdparams, got {args.dst}")
     if not args.src.is_file():
         raise UserError(f"--src not found: {args.src}")
-    model = build_model(**model_kwargs(args))
     source = extract_state_dict(load_pth(args.src))
+    implied = infer_attention(source) if args.attention is None else {}
+    img_size = implied.pop("img_size", None)
+    for key, value in implied.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    model = build_model(**model_kwargs(args), img_size=img_size)
     conv = convert_torch_state(source, model)
     load_state(model, conv.state, str(args.src))  # proves the result loads
     atomic_paddle_save({k: np.asarray(v) for k, v in conv.state.items()}, args.dst)
 
-    print(f"source format: {conv.format}" + (" (prefix 'module.' stripped)" if conv.prefix_stripped else ""))
+    print(f"source format: {conv.format}" + (f" (prefix '{conv.prefix_stripped}' stripped)" if conv.prefix_stripped else ""))
+    if implied:
+        print(f"attention from the checkpoint: {implied['attention']} in stage(s) {','.join(map(str, implied['attention_stages']))}"
+              + (f" (GE kernels for --img_size {img_size})" if img_size else ""))
+    for note in conv.notes:
+        print(note)
     print(f"converted {len(conv.state)} tensors ({len(conv.renamed)} renamed, e.g. running_mean -> _mean)")
     skipped_by_reason: dict[str, list[str]] = {}
     for key, reason in conv.skipped:
@@ -59,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {len(keys)}: {reason} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
     if conv.missing_ok:
         print(f"not in source: {len(conv.missing_ok)} classifier tensor(s), initialised fresh when the model is built")
+    if conv.missing_attention:
+        print(f"not in source: {len(conv.missing_attention)} attention-block tensor(s) ({model.config['attention']}), "
+              "initialised fresh when the model is built")
     print(f"wrote {args.dst}")
     return 0
 

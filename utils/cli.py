@@ -35,11 +35,24 @@ def positive_float(text: str) -> float:
     return value
 
 
-MODEL_DEFAULTS: dict[str, Any] = {"model": DEFAULT_MODEL, "num_heads": 1, "lam": 0.1, "attention": None, "img_size": 448}
+def stage_list(text: str) -> list[int]:
+    """argparse type: comma-separated ResNet stages 1..4, e.g. ``3,4`` -> [3, 4]."""
+    try:
+        stages = [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated stages 1..4 such as 3,4, got {text!r}") from None
+    if not stages or any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
+        raise argparse.ArgumentTypeError(f"must be distinct stages 1..4 such as 3,4, got {text!r}")
+    return sorted(stages)
+
+
+MODEL_DEFAULTS: dict[str, Any] = {
+    "model": DEFAULT_MODEL, "num_heads": 1, "lam": 0.1, "attention": None, "attention_stages": None, "img_size": 448,
+}
 
 
 def add_model_args(parser: argparse.ArgumentParser, num_cls_default: int | None = None) -> argparse._ArgumentGroup:
-    """Add ``--model --num_heads --lam --num_cls --attention`` (the reference's model flags).
+    """Add ``--model --num_heads --lam --num_cls --attention --attention_stages`` (the model flags).
 
     Their defaults are None so that ``fill_model_defaults`` can take unset values from a
     training run's ``config.json`` before falling back to the reference defaults.
@@ -54,6 +67,9 @@ def add_model_args(parser: argparse.ArgumentParser, num_cls_default: int | None 
                        help="number of classes (default: the number of class names found)" if num_cls_default is None
                        else "number of classes (default %(default)s)")
     group.add_argument("--attention", default=None, help="attention block inside the ResNet blocks (default: none)")
+    group.add_argument("--attention_stages", type=stage_list, default=None,
+                       help="ResNet stages receiving --attention, comma-separated, e.g. 3,4 "
+                       "(default: the block's own, recalibrators 1,2,3,4, at 4, emod 3,4)")
     return group
 
 
@@ -92,6 +108,7 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "num_heads": args.num_heads,
         "lam": args.lam,
         "attention": args.attention,
+        "attention_stages": args.attention_stages,
     }
 
 

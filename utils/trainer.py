@@ -80,26 +80,48 @@ class _StopRequest:
         signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
 
 
-def split_parameters(model: paddle.nn.Layer) -> tuple[list[paddle.Tensor], list[paddle.Tensor]]:
-    """(backbone parameters, classifier parameters): the classifier's train at 10x lr."""
-    backbone, classifier = [], []
+def no_weight_decay_names(model: paddle.nn.Layer) -> set[str]:
+    """Names of parameters in sublayers marked ``no_weight_decay`` (e.g. SRM's, as its reference)."""
+    names: set[str] = set()
+    for prefix, layer in model.named_sublayers(include_self=True):
+        if getattr(layer, "no_weight_decay", False):
+            names.update(f"{prefix}.{name}" if prefix else name for name, _ in layer.named_parameters())
+    return names
+
+
+def split_parameters(model: paddle.nn.Layer) -> tuple[list[paddle.Tensor], list[paddle.Tensor], list[paddle.Tensor]]:
+    """(backbone, classifier, no-decay) trainable parameters.
+
+    The classifier's train at 10x lr; the no-decay list holds backbone parameters of blocks
+    marked ``no_weight_decay`` (SRM), which train without weight decay.
+    """
+    no_decay_names = no_weight_decay_names(model)
+    backbone, classifier, no_decay = [], [], []
     for name, param in model.named_parameters():
         if param.stop_gradient:
             continue
-        (classifier if name.startswith("classifier.") else backbone).append(param)
-    return backbone, classifier
+        if name.startswith("classifier."):
+            classifier.append(param)
+        elif name in no_decay_names:
+            no_decay.append(param)
+        else:
+            backbone.append(param)
+    return backbone, classifier, no_decay
 
 
 def build_optimizer(
     model: paddle.nn.Layer, lr: float, momentum: float, weight_decay: float, iters_per_epoch: int, warmup_epochs: int, step_epochs: int
 ) -> tuple[paddle.optimizer.Momentum, WarmupStepDecay]:
-    """SGD with momentum, L2 weight decay on every parameter, classifier at 10x lr.
+    """SGD with momentum, L2 weight decay on every parameter except those of blocks marked
+    ``no_weight_decay`` (SRM: their group has weight decay 0), classifier at 10x lr.
 
     Returns (optimizer, scheduler); call ``scheduler.step()`` once per iteration.
     """
     scheduler = WarmupStepDecay(lr, iters_per_epoch, warmup_epochs, step_epochs)
-    backbone, classifier = split_parameters(model)
-    groups = [{"params": backbone}, {"params": classifier, "learning_rate": CLASSIFIER_LR_SCALE}]
+    backbone, classifier, no_decay = split_parameters(model)
+    groups: list[dict[str, Any]] = [{"params": backbone}, {"params": classifier, "learning_rate": CLASSIFIER_LR_SCALE}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
     optimizer = paddle.optimizer.Momentum(
         learning_rate=scheduler,
         momentum=momentum,

@@ -1,0 +1,69 @@
+"""Predict labels with an exported model through Paddle Inference.
+
+    python infer.py --model_dir inference/voc07 --input_file images/
+    python infer.py --model_dir inference/voc07 --input_file dog.jpg --threshold 0.3 --output preds.json
+    python infer.py --model_dir inference/voc07 --input_file images/ --batch_size 8 --enable_benchmark True
+
+Prints exactly predict.py's lines (``<dir>/<file> prediction: dog,person,``), one per image,
+sorted by file name. Image size, normalisation, class names and the default threshold come
+from DIR/inference.yml (written by export_model.py). Files that cannot be read are reported
+on stderr and skipped; the exit status is then 1. Boolean flags take a value (True/False).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from utils.threads import configure_threads
+
+_THREADS = configure_threads()
+
+from utils.cli import non_negative_int, positive_int  # noqa: E402
+from utils.deploy import str2bool  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """infer.py's arguments."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_dir", default=None, help="folder written by export_model.py")
+    model.add_argument("--model_file", default=None, help="program file (default DIR/inference.json, else DIR/inference.pdmodel)")
+    model.add_argument("--params_file", default=None, help="weights file (default DIR/inference.pdiparams)")
+    data = parser.add_argument_group("input and output")
+    data.add_argument("--input_file", required=True, help="an image, or a folder of images (not recursive)")
+    data.add_argument("--batch_size", type=positive_int, default=8, help="images per predictor run (default 8)")
+    data.add_argument("--num_workers", type=non_negative_int, default=1,
+                      help="processes decoding/preprocessing the next images during inference (default 1; 0: none)")
+    data.add_argument("--threshold", type=float, default=None, help="report classes with score >= this (default: inference.yml's, 0.5)")
+    data.add_argument("--topk", type=positive_int, default=None, help="report at most the K best classes above the threshold")
+    data.add_argument("--output", default=None, help="also write all scores and labels as JSON (predict.py's format)")
+    run = parser.add_argument_group("runtime")
+    run.add_argument("--use_gpu", type=str2bool, default=False, help="run on the GPU (needs a CUDA build of Paddle; default False)")
+    run.add_argument("--gpu_id", type=non_negative_int, default=0, help="GPU index (default 0)")
+    run.add_argument("--gpu_mem", type=positive_int, default=500, help="initial GPU memory pool in MB (default 500)")
+    run.add_argument("--use_tensorrt", type=str2bool, default=False, help="TensorRT subgraphs (GPU build with TensorRT; default False)")
+    run.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                     help="fp32 (default); fp16 on GPU; int8 with TensorRT and a quantised model")
+    run.add_argument("--enable_mkldnn", type=str2bool, default=True, help="oneDNN kernels on CPU (default True)")
+    run.add_argument("--cpu_threads", type=positive_int, default=_THREADS,
+                     help="CPU math threads (default: $OMP_NUM_THREADS, else the number of cores: %(default)s here)")
+    run.add_argument("--ir_optim", type=str2bool, default=True, help="graph optimisation passes (default True)")
+    run.add_argument("--memory_optim", type=str2bool, default=False, help="reuse buffers (less memory; default False)")
+    bench = parser.add_argument_group("benchmark")
+    bench.add_argument("--enable_benchmark", type=str2bool, default=False,
+                       help="print an AutoLog-style timing/memory block after the predictions (default False)")
+    bench.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up runs before a benchmark (default 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run inference; returns 0, or 1 when some image could not be read."""
+    args = build_parser().parse_args(argv)
+    from utils.inference import run_infer
+
+    return run_infer(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

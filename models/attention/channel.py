@@ -1,0 +1,269 @@
+"""The channel-attention recalibrators compared by Klomp et al. (Neural Processing Letters 2023).
+
+All act on the residual branch ``x [B, C, H, W]`` and return a tensor of the same shape; they
+are stored in a residual block as ``rclb`` (the reference's key). Parameter names and
+shapes are the reference's, Linear weights stored [in, out] as Paddle does (the converter
+transposes). Initialisation follows the reference: its ResNet re-initialises every Conv2d
+as N(0, sqrt(2 / (k*k*out))) and BN as (1, 0); Linear and Conv1d keep PyTorch's defaults,
+reproduced explicitly here (Paddle's defaults differ).
+
+Every global mean over H, W is one global average pool (see ``global_mean``).
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from models.attention.base import (
+    BlockContext,
+    Recalibrator,
+    constant_attr,
+    he_normal_fan_out_attr,
+    stage_resolution,
+    torch_default_attr,
+)
+from utils.errors import UserError
+
+
+def _spatial(in_shape: list[int]) -> tuple[int, int, int]:
+    b, c, h, w = (int(s) for s in in_shape)
+    return b, c, h * w
+
+
+def global_mean(x: paddle.Tensor) -> paddle.Tensor:
+    """Mean over H, W of ``x [B, C, H, W]`` as ``[B, C, 1, 1]``.
+
+    A global average pool: one op that Paddle Inference's oneDNN backend runs as a pooling
+    primitive on its blocked layout, where ``mean(axis=[2, 3])`` (reduce_mean) made the whole
+    ResNet-50 about twice as slow at 448 px.
+    """
+    return F.adaptive_avg_pool2d(x, 1)
+
+
+def spatial_size(x: paddle.Tensor, block: str) -> int:
+    """H * W of ``x``; UserError for 1x1 maps, where an unbiased std is undefined."""
+    n = x.shape[2] * x.shape[3]
+    if n == 1:
+        raise UserError(f"{block} needs feature maps larger than 1x1 (an unbiased std over one position is "
+                        "undefined): use a larger input (side > 32 px for stage 4)")
+    return n
+
+
+def unbiased_std(x: paddle.Tensor, mean: paddle.Tensor) -> paddle.Tensor:
+    """Unbiased standard deviation over H, W (no epsilon) of ``x [B, C, H, W]`` given its mean
+    ``[B, C, 1, 1]``; two passes (x - mean, then the mean of squares) as ``torch.std``."""
+    n = spatial_size(x, "SRM")
+    d = x - mean
+    # d * d rather than paddle.square: Paddle 3.3's oneDNN predictor may run square in place.
+    return paddle.sqrt(global_mean(d * d) * (n / (n - 1)))
+
+
+def pointwise(cin: int, cout: int, bias: bool = True, groups: int = 1) -> nn.Conv2D:
+    """A 1x1 conv standing for the reference's ``nn.Linear(cin, cout)`` on ``[B, C, 1, 1]``
+    channel means, initialised as PyTorch's Linear (U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+
+    Its weight is ``[cout, cin, 1, 1]``: the converter reshapes a torch Linear weight
+    ``[cout, cin]`` into it. On the means no reshape is needed, and Paddle Inference runs
+    conv + bias + activation as one oneDNN op, where a chain of reshape/matmul/add ops on
+    these tiny tensors cost more than the whole gating pass over the feature map.
+    """
+    fan_in = cin // groups
+    return nn.Conv2D(cin, cout, 1, groups=groups, weight_attr=torch_default_attr(fan_in),
+                     bias_attr=torch_default_attr(fan_in) if bias else False)
+
+
+class SELayer(Recalibrator):
+    """Squeeze-and-excitation: ``x * sigmoid(W2 relu(W1 mean_HW(x) + b1) + b2)``, reduction 16.
+
+    Parameters: ``fc.0`` C -> C/16, ``fc.2`` C/16 -> C (the reference's Linear layers, with
+    bias), held as 1x1 convs on the channel means (see ``pointwise``).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = channels // reduction
+        if hidden < 1:
+            raise UserError(f"SE needs at least {reduction} channels, got {channels}")
+        self.fc = nn.Sequential(pointwise(channels, hidden), nn.ReLU(), pointwise(hidden, channels))
+
+    def mean_affine(self, mean: paddle.Tensor) -> tuple[paddle.Tensor, None]:
+        """(gate [B, C, 1, 1], None) from the channel means ``mean [B, C, 1, 1]``."""
+        return F.sigmoid(self.fc(mean)), None
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x * self.mean_affine(global_mean(x))[0]
+
+    def flops(self, in_shape: list[int]) -> int:
+        b, c, hw = _spatial(in_shape)
+        hidden = self.fc[0].weight.shape[0]
+        return b * (2 * c * hw + 2 * c * hidden)
+
+
+class SRMLayer(Recalibrator):
+    """Style-based recalibration: ``x * sigmoid(BN(cfc_c0 mean_HW(x) + cfc_c1 std_HW(x)))``.
+
+    ``std`` is unbiased and has no epsilon (as the reference); training computes it in two
+    passes (as ``torch.std``), evaluation in one (``E[x^2] - mean^2``, cheaper in the
+    predictor; equal up to float rounding for features whose mean is not many orders of
+    magnitude above their spread). Parameters ``cfc`` [C, 2] (zeros) and ``bn`` (BN over C);
+    the reference trains them without weight decay.
+    """
+
+    no_weight_decay = True
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.cfc = self.create_parameter([channels, 2], attr=constant_attr(0.0))
+        self.bn = nn.BatchNorm2D(channels)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        mean = global_mean(x)  # [B, C, 1, 1]
+        if self.training:
+            std = unbiased_std(x, mean)
+        else:  # one pass over x at inference: var = E[x^2] - mean^2 (clamped at 0)
+            n = spatial_size(x, "SRM")
+            std = paddle.sqrt(F.relu(global_mean(x * x) - mean * mean) * (n / (n - 1)))
+        cfc = self.cfc.unsqueeze([2, 3])  # [C, 2, 1, 1]
+        z = mean * cfc[:, 0] + std * cfc[:, 1]
+        return x * F.sigmoid(self.bn(z))
+
+    def flops(self, in_shape: list[int]) -> int:
+        b, c, hw = _spatial(in_shape)
+        return b * c * (4 * hw + 8)
+
+
+class GELayer(Recalibrator):
+    """Gather-excite (GE-theta-): a depthwise conv spanning the whole feature map, BN, sigmoid.
+
+    ``kernel_size`` must equal the feature map side: ``create`` takes it from the stage and
+    the configured input size (56/28/14/7 for stages 1-4 at 224, 112/56/28/14 at 448), so
+    the block keeps its global extent at any configured size. A forward at another
+    resolution raises a UserError naming the expected input size.
+    Parameters: ``conv.0`` (depthwise conv with bias), ``conv.1`` (BN).
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.kernel_size = int(kernel_size)
+        k = self.kernel_size
+        self.conv = nn.Sequential(
+            nn.Conv2D(channels, channels, k, groups=channels,
+                      weight_attr=he_normal_fan_out_attr(channels, k), bias_attr=torch_default_attr(k * k)),
+            nn.BatchNorm2D(channels),
+        )
+
+    @classmethod
+    def create(cls, ctx: BlockContext) -> "GELayer":
+        return cls(ctx.channels, stage_resolution(ctx.img_size, ctx.stage))
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        k = self.kernel_size
+        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and (h, w) != (k, k):
+            raise UserError(
+                f"GE block built for {k}x{k} feature maps got {h}x{w}: its kernel follows the configured "
+                "input size (img_size); build the model with the img_size you run it at"
+            )
+        return x * F.sigmoid(self.conv(x))
+
+    def flops(self, in_shape: list[int]) -> int:
+        b, c, hw = _spatial(in_shape)
+        return b * c * (2 * hw + 4)
+
+
+class ABLayer(Recalibrator):
+    """Attention bias ("meanrew"): ``x + cfc_c * mean_HW(x)``; ``cfc`` [C] starts at zero,
+    so the block is an exact identity at initialisation."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.cfc = self.create_parameter([channels], attr=constant_attr(0.0))
+
+    def mean_affine(self, mean: paddle.Tensor) -> tuple[None, paddle.Tensor]:
+        """(None, shift [B, C, 1, 1]) from the channel means ``mean [B, C, 1, 1]``."""
+        return None, mean * self.cfc.reshape([1, -1, 1, 1])
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x + self.mean_affine(global_mean(x))[1]
+
+    def flops(self, in_shape: list[int]) -> int:
+        b, c, hw = _spatial(in_shape)
+        return b * c * (2 * hw + 1)
+
+
+class MultiSELayer(Recalibrator):
+    """Multi-style SE: three SE MLPs mixed by a softmax style assignment.
+
+    ``y = mean_HW(x)``; ``a = softmax(y Ws^T)`` over 3 styles; ``z_k`` = SE MLP k (reduction
+    16, bias) of ``y``; ``x * sigmoid(sum_k a_k z_k)``. Parameters as the reference's grouped
+    convs on ``y`` tiled 3 times: ``fc.0.weight`` [3C/16, C, 1, 1], ``fc.2.weight``
+    [3C, C/16, 1, 1] (group k = MLP k), biases, and ``style_assigner.weight`` (the reference's
+    Linear C -> 3 without bias, held as a 1x1 conv [3, C, 1, 1], see ``pointwise``).
+    The grouped first conv on the tiled means equals a dense 1x1 conv on the means with the
+    same weight, so ``y`` is never tiled; the style-weighted sum is one batched matmul.
+    """
+
+    branches = 3
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        n = self.branches
+        wide = channels * n
+        hidden = wide // reduction
+        if hidden < n or hidden % n:
+            raise UserError(f"MultiSE needs the channels ({channels}) to give {n} equal hidden groups at reduction {reduction}")
+        self.channels, self.hidden = channels, hidden // n  # hidden units per branch
+        self.fc = nn.Sequential(
+            nn.Conv2D(wide, hidden, 1, groups=n, weight_attr=he_normal_fan_out_attr(hidden, 1),
+                      bias_attr=torch_default_attr(channels)),
+            nn.ReLU(),
+            nn.Conv2D(hidden, wide, 1, groups=n, weight_attr=he_normal_fan_out_attr(wide, 1),
+                      bias_attr=torch_default_attr(self.hidden)),
+        )
+        self.style_assigner = pointwise(channels, n, bias=False)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x * self.mean_affine(global_mean(x))[0]
+
+    def mean_affine(self, mean: paddle.Tensor) -> tuple[paddle.Tensor, None]:
+        """(gate [B, C, 1, 1], None) from the channel means ``mean [B, C, 1, 1]``."""
+        n, c = self.branches, self.channels
+        style = F.softmax(self.style_assigner(mean), axis=1)  # [B, n, 1, 1]
+        conv0 = self.fc[0]
+        hid = F.relu(F.conv2d(mean, conv0.weight, conv0.bias))  # group k of conv0 sees the means themselves
+        z = self.fc[2](hid)  # [B, n*C, 1, 1]: branch k in channels k*C..(k+1)*C
+        gate = paddle.matmul(style.reshape([-1, 1, n]), z.reshape([-1, n, c]))  # sum_k a_k z_k: [B, 1, C]
+        return F.sigmoid(gate).reshape([-1, c, 1, 1]), None
+
+    def flops(self, in_shape: list[int]) -> int:
+        b, c, hw = _spatial(in_shape)
+        n, h = self.branches, self.hidden
+        return b * (2 * c * hw + n * c + 2 * n * h * c + n * c)
+
+
+class ECALayer(Recalibrator):
+    """Efficient channel attention: a 3-tap Conv1d (no bias) across the channel means, sigmoid.
+
+    Parameter ``conv.weight`` [1, 1, 3] (PyTorch default init).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv1D(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias_attr=False,
+                              weight_attr=torch_default_attr(kernel_size))
+
+    def mean_affine(self, mean: paddle.Tensor) -> tuple[paddle.Tensor, None]:
+        """(gate [B, C, 1, 1], None) from the channel means ``mean [B, C, 1, 1]``."""
+        c = mean.shape[1]
+        k = self.conv.weight.shape[-1]
+        # The Conv1d as a [1, k] Conv2D over the means laid out as [B, 1, 1, C] (one oneDNN op).
+        z = F.conv2d(mean.reshape([-1, 1, 1, c]), self.conv.weight.unsqueeze(2), padding=[0, (k - 1) // 2])
+        return F.sigmoid(z).reshape([-1, c, 1, 1]), None
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x * self.mean_affine(global_mean(x))[0]
+
+    def flops(self, in_shape: list[int]) -> int:
+        b, c, hw = _spatial(in_shape)
+        return b * c * (2 * hw + 3)
