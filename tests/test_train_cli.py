@@ -124,3 +124,16 @@ def test_test_split_as_training_data_is_refused(tiny_demo, tmp_path: Path) -> No
     flags[flags.index("--train_json") + 1] = str(tiny_demo["test"])
     result = run_script(*flags)
     assert result.returncode != 0 and "must be 0/1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_attention_run_trains_and_predicts_from_its_config(tiny_demo, tmp_path: Path) -> None:
+    """--attention reaches the model through every script; GE is sized by --img_size."""
+    save = tmp_path / "ge"
+    result = run_script(*train_flags(tiny_demo, save, 1, "--attention", "ge", "--attention_stages", "3,4"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((save / "config.json").read_text())
+    assert config["attention"] == "ge" and config["attention_stages"] == [3, 4] and config["img_size"] == 64
+    image = sorted(tiny_demo["images"].iterdir())[0]
+    predicted = run_script("predict.py", "--load_from", str(save / "last.pdparams"), str(image))
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert predicted.stdout.startswith(f"{image} prediction: ")

@@ -100,9 +100,11 @@ def fill_model_defaults(args: argparse.Namespace, run_config: dict[str, Any] | N
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``build_model`` keyword arguments named by the model flags."""
+    """The ``build_model`` keyword arguments named by the model flags (and ``--img_size``,
+    which sizes GE's global kernels, when the script has that flag)."""
+    has_img_size = hasattr(args, "img_size")
     fill_model_defaults(args)
-    return {
+    kwargs = {
         "name": args.model,
         "num_classes": args.num_cls,
         "num_heads": args.num_heads,
@@ -110,6 +112,9 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "attention": args.attention,
         "attention_stages": args.attention_stages,
     }
+    if has_img_size:
+        kwargs["img_size"] = args.img_size
+    return kwargs
 
 
 def add_data_args(parser: argparse.ArgumentParser, train: bool = False) -> argparse._ArgumentGroup:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import paddle
 from paddle import nn
 
-from utils.errors import UserError
 
 RECALIBRATOR = "recalibrator"
 MIXER = "mixer"
@@ -138,16 +137,3 @@ def he_normal_fan_out_attr(out_channels: int, kernel: int) -> paddle.ParamAttr:
 
 def constant_attr(value: float) -> paddle.ParamAttr:
     return paddle.ParamAttr(initializer=nn.initializer.Constant(value))
-
-
-def torch_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
-    """``nn.Linear`` initialised as PyTorch's (weight stored [in, out] as Paddle does)."""
-    return nn.Linear(
-        in_features, out_features, weight_attr=torch_default_attr(in_features),
-        bias_attr=torch_default_attr(in_features) if bias else False,
-    )
-
-
-def check_divisible(value: int, divisor: int, what: str) -> None:
-    if value % divisor:
-        raise UserError(f"{what}: {value} is not divisible by {divisor}")

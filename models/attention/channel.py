@@ -1,10 +1,11 @@
 """The channel-attention recalibrators compared by Klomp et al. (Neural Processing Letters 2023).
 
 All act on the residual branch ``x [B, C, H, W]`` and return a tensor of the same shape; they
-are stored in a residual block as ``rclb`` (the reference's key). Parameter names and
-shapes are the reference's, Linear weights stored [in, out] as Paddle does (the converter
-transposes). Initialisation follows the reference: its ResNet re-initialises every Conv2d
-as N(0, sqrt(2 / (k*k*out))) and BN as (1, 0); Linear and Conv1d keep PyTorch's defaults,
+are stored in a residual block as ``rclb`` (the reference's key). Parameter names are the
+reference's; its Linear layers (SE's ``fc``, MultiSE's ``style_assigner``) act on the channel
+means and are held as 1x1 convs with weights [out, in, 1, 1] (the converter reshapes torch's
+[out, in]). Initialisation follows the reference: its ResNet re-initialises every Conv2d as
+N(0, sqrt(2 / (k*k*out))) and BN as (1, 0); Linear and Conv1d keep PyTorch's defaults,
 reproduced explicitly here (Paddle's defaults differ).
 
 Every global mean over H, W is one global average pool (see ``global_mean``).
