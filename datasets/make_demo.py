@@ -4,11 +4,13 @@
 
 Writes ``<out>/VOCdevkit/VOC2007/{JPEGImages, Annotations, ImageSets/Main/{train, val,
 trainval, test}.txt}`` and ``<out>/classes.txt``. Each image holds 1-4 procedurally drawn
-shapes (8 classes) on a cluttered background. Object colours are drawn from one palette
-shared by all classes, so colour does not tell the class; the shape (and, for ``stripes``,
-the texture) does. Small or heavily occluded objects are marked ``difficult`` in the XML,
-as VOC does. The same arguments always give byte-identical files (numpy ``Generator``,
-fixed JPEG settings, no timestamps).
+objects of 8 classes on a cluttered background (gradients, smooth colour noise, blurred
+blobs, thin lines, dots, pixel noise), at random sizes, positions and rotations. Each class
+has its own outline and its own fill pattern (:data:`PATTERNS`: dots, checks, stripes of
+one orientation, a grid, or flat); both colours of an object are drawn from one palette
+shared by all classes, so colour does not tell the class. Small or heavily occluded
+objects are marked ``difficult`` in the XML, as VOC does. The same arguments always give
+byte-identical files (numpy ``Generator``, fixed JPEG settings, no timestamps).
 """
 from __future__ import annotations
 
@@ -78,19 +80,19 @@ class Style:
         pattern_period: (min, max) pattern period.
     """
 
-    radius: tuple[float, float] = (0.13, 0.25)
-    small_radius: tuple[float, float] = (0.05, 0.075)
+    radius: tuple[float, float] = (0.16, 0.28)
+    small_radius: tuple[float, float] = (0.06, 0.08)
     small_prob: float = 0.07
-    num_objects_p: tuple[float, float, float, float] = (0.30, 0.35, 0.20, 0.15)
-    min_visible: float = 0.35
-    occluded: float = 0.55
+    num_objects_p: tuple[float, float, float, float] = (0.35, 0.35, 0.20, 0.10)
+    min_visible: float = 0.45
+    occluded: float = 0.6
     backgrounds: tuple[str, ...] = ("gradient", "noise", "blobs")
-    bg_range: tuple[float, float] = (30.0, 225.0)
-    max_lines: int = 4
-    max_dots: int = 5
-    noise: tuple[float, float] = (2.0, 7.0)
+    bg_range: tuple[float, float] = (40.0, 215.0)
+    max_lines: int = 3
+    max_dots: int = 4
+    noise: tuple[float, float] = (2.0, 5.0)
     patterns: bool = True
-    pattern_period: tuple[float, float] = (0.055, 0.075)
+    pattern_period: tuple[float, float] = (0.08, 0.11)
 
 
 DEFAULT_STYLE = Style()

@@ -8,8 +8,11 @@ So for the same weights and images infer.py prints predict.py's lines.
 
 Overlap: ``predictor.run()`` keeps the Python GIL while it computes, so a thread cannot
 decode the next batch meanwhile; :class:`BatchPrefetcher` therefore decodes and preprocesses
-in worker *processes* (``spawn``), ``lookahead`` images ahead, and hands the batches over in
-input order. ``num_workers=0`` does it in the main thread instead.
+in low-priority worker *processes* (``spawn``), ``lookahead`` images ahead, and hands the
+batches over in input order; an image the workers have not started when it is needed is
+loaded by the main thread instead. ``num_workers=0`` loads everything in the main thread.
+Scripts using it must guard their entry point with ``if __name__ == "__main__":`` (spawn
+re-imports the main module).
 """
 from __future__ import annotations
 
@@ -248,10 +251,12 @@ def load_and_preprocess(path: str, img_size: int, mean: Sequence[float], std: Se
         return None, str(exc), time.perf_counter() - t0
 
 
-WORKER_NICENESS = 10
-"""Scheduling priority drop of the loader processes: when the predictor keeps every core busy
-(CPU inference on all cores), decoding waits for idle moments instead of preempting one of
-the predictor's threads, which stalls all the others at the next barrier."""
+WORKER_NICENESS = 19
+"""Scheduling priority drop of the loader processes. When the predictor keeps every core busy
+(CPU inference on all cores) they decode in the idle moments instead of preempting one of the
+predictor's threads (which would stall the others at the next barrier); when cores are idle
+(GPU inference, fewer predictor threads than cores) they run at full speed. If they fall
+behind, the main thread takes over the images that have not started (see ``_results``)."""
 
 
 def _worker_init(niceness: int) -> None:
@@ -341,6 +346,10 @@ class BatchPrefetcher:
 
         while self._pending:
             path, future = self._pending.popleft()
+            if not future.done() and future.cancel():  # the workers are behind: load it here, now
+                self._fill()
+                yield path, load_and_preprocess(path, *self.args)
+                continue
             try:
                 result = future.result()
             except BrokenProcessPool:  # a worker died (killed, out of memory): finish without workers
