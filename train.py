@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--w_d", type=float, default=1e-4, help="weight decay on all parameters (default 1e-4)")
     opt.add_argument("--warmup_epoch", type=non_negative_int, default=2, help="linear warm-up epochs, 0 for none (default 2)")
     opt.add_argument("--total_epoch", type=positive_int, default=30, help="epochs (default 30)")
+    opt.add_argument("--freeze_bn", action="store_true",
+                     help="keep BatchNorm in inference mode while training (running statistics fixed; affine still trained)")
     opt.add_argument("--amp", action="store_true", help="mixed precision (GPU only; ignored with a note on CPU)")
     run = parser.add_argument_group("run")
     run.add_argument("--save_dir", default="output/train", help="checkpoints, metrics.jsonl, config (created if missing)")

@@ -90,9 +90,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_demo, tmp_path: 
 
 
 def test_two_process_launch_matches_one_process(tiny_demo, tmp_path: Path) -> None:
-    # A small lr keeps the two runs close: they see the same global batches, and only the
-    # BatchNorm statistics differ (per process: 4 images instead of 8).
-    flags = ("--lr", "0.002", "--eval_interval", "1")
+    # Both runs see the same global batches and average the same gradients. BatchNorm batch
+    # statistics would be per process (4 images instead of 8), so BN is frozen here to make
+    # the two runs comparable to float rounding.
+    flags = ("--freeze_bn", "--eval_interval", "1")
     single = run_script(*train_flags(tiny_demo, tmp_path / "one", 1, *flags))
     assert single.returncode == 0, single.stderr[-2000:]
     save = tmp_path / "dp"
@@ -105,10 +106,12 @@ def test_two_process_launch_matches_one_process(tiny_demo, tmp_path: Path) -> No
     assert "Epoch 1[" in rank0 and "Epoch 1[" not in rank1
     dp_row = json.loads((save / "metrics.jsonl").read_text().splitlines()[0])
     one_row = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
-    assert dp_row["loss"] == pytest.approx(one_row["loss"], rel=0.05)
+    assert dp_row["loss"] == pytest.approx(one_row["loss"], rel=1e-3)
+    assert dp_row["map"] == pytest.approx(one_row["map"], abs=1e-3)
     one_w, dp_w = weights(tmp_path / "one" / "last.pdparams"), weights(save / "last.pdparams")
-    head = "classifier.multi_head.0.head.weight"
-    assert np.abs(dp_w[head] - one_w[head]).max() < 0.1 * np.abs(one_w[head]).max()
+    for key in one_w:
+        scale = np.abs(one_w[key]).max() + 1e-8
+        assert np.abs(dp_w[key] - one_w[key]).max() < 1e-3 * scale, key
 
 
 def test_missing_json_is_a_clear_error(tiny_demo, tmp_path: Path) -> None:

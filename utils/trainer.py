@@ -268,6 +268,10 @@ class Trainer:
         skip = self.state.iteration
         self.train_sampler.start_batch = skip
         self.net.train()
+        if args.freeze_bn:  # BN uses its running statistics (and does not update them)
+            for layer in self.model.sublayers():
+                if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
+                    layer.eval()
         n_batches = len(self.train_sampler)
         losses: list[float] = []
         seen = 0
@@ -277,7 +281,7 @@ class Trainer:
             t0 = time.perf_counter()
             lr = self.optimizer.get_lr()
             loss = self._step(images, targets)
-            value = float(loss)
+            value = self._global_mean(loss)
             if not math.isfinite(value):
                 bar.close()
                 raise TrainingDiverged(
@@ -329,6 +333,14 @@ class Trainer:
         self.optimizer.clear_grad()
         self.scheduler.step()
         return loss
+
+    def _global_mean(self, loss: paddle.Tensor) -> float:
+        """The batch loss over all processes (each process holds the mean over its share)."""
+        if self.world == 1:
+            return float(loss)
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        return float(total) / self.world
 
     def _sync_stop(self, requested: bool) -> bool:
         if self.world == 1:
