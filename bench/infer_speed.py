@@ -147,6 +147,22 @@ def _spawn(args: argparse.Namespace, kind: str, threads: int, **extra) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _cpu_busy_s() -> float:
+    """Busy CPU seconds of the whole machine so far (all processes, /proc/stat)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its finished children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
 
@@ -199,7 +215,7 @@ def main() -> int:
     parser.add_argument("--iters_big", type=int, default=2, help="timed runs at larger batches")
     parser.add_argument("--gemm_n", type=int, default=3072)
     parser.add_argument("--gemm_reps", type=int, default=6)
-    parser.add_argument("--e2e_images", type=int, default=32, help="images for the end-to-end infer.py run")
+    parser.add_argument("--e2e_images", type=int, default=48, help="images for the end-to-end infer.py run")
     parser.add_argument("--worker", default=None, choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--mkldnn", type=int, default=1, help=argparse.SUPPRESS)
@@ -216,6 +232,7 @@ def main() -> int:
     thread_counts = sorted({1, min(2, cores)})
     load_before = _load()
     started = time.perf_counter()
+    busy0, own0 = _cpu_busy_s(), _own_cpu_s()
     with tempfile.TemporaryDirectory(prefix="infer_speed_") as tmp:
         export = Path(tmp) / "export"
         has_onnx = all(importlib.util.find_spec(m) for m in ("paddle2onnx", "onnx", "onnxruntime"))
@@ -241,9 +258,13 @@ def main() -> int:
         images = _images(Path(tmp) / "images", args.e2e_images)
         tmax = thread_counts[-1]
         e2e = {w: _end_to_end(export, images, big, tmax, w) for w in (1, 0)}
+    elapsed = time.perf_counter() - started
+    others = max(0.0, (_cpu_busy_s() - busy0) - (_own_cpu_s() - own0)) / elapsed
 
     print(f"{args.model} + CSRA ({args.num_heads} head(s), {args.num_cls} classes) at {args.img_size} px, float32, random weights; "
-          f"{cores} cores; load average before {load_before}, after {_load()}; bench took {time.perf_counter() - started:.0f} s")
+          f"{cores} cores; load average before {load_before}, after {_load()}; bench took {elapsed:.0f} s")
+    print(f"other processes used {others:.2f} of the {cores} cores on average during the bench"
+          + (" (a busy machine: times are inflated)" if others > 0.1 else " (a quiet machine)"))
     print("float32 GEMM (numpy, %d^2 matmul, best of %d): %s" % (
         args.gemm_n, args.gemm_reps, ", ".join(f"{t} thread(s) {g:.0f} GFLOP/s" for t, g in gemm.items())))
     print(f"model: {gflop:.1f} GFLOP per image (2 x conv multiply-adds) -> compute floor per image: "

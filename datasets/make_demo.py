@@ -1,16 +1,21 @@
 """Generate a small synthetic multi-label dataset in Pascal VOC 2007 layout.
 
-    python -m datasets.make_demo --out data/demo [--num_images 240 --seed 0 --img_size 128]
+    python -m datasets.make_demo --out data/demo [--num_images 1200 --seed 0 --img_size 128]
 
 Writes ``<out>/VOCdevkit/VOC2007/{JPEGImages, Annotations, ImageSets/Main/{train, val,
 trainval, test}.txt}`` and ``<out>/classes.txt``. Each image holds 1-4 procedurally drawn
-objects of 8 classes on a cluttered background (gradients, smooth colour noise, blurred
-blobs, thin lines, dots, pixel noise), at random sizes, positions and rotations. Each class
+objects of 8 classes on a varied background (a colour gradient or smooth colour noise, a
+stray line and dots, pixel noise), at random sizes, positions and rotations. Each class
 has its own outline and its own fill pattern (:data:`PATTERNS`: dots, checks, stripes of
 one orientation, a grid, or flat); both colours of an object are drawn from one palette
 shared by all classes, so colour does not tell the class. Small or heavily occluded
 objects are marked ``difficult`` in the XML, as VOC does. The same arguments always give
 byte-identical files (numpy ``Generator``, fixed JPEG settings, no timestamps).
+
+The default :class:`Style` was tuned so that a ResNet-18 + CSRA trained from scratch on the
+CPU learns it within minutes while a colour-histogram classifier stays near chance; harder
+variants (smaller objects, blurred-blob backgrounds, more clutter and occlusion, flat
+colours) are a ``Style(...)`` away, e.g. for benchmarks.
 """
 from __future__ import annotations
 
@@ -72,6 +77,7 @@ class Style:
         occluded: an object with less than this visible fraction is marked difficult.
         backgrounds: background kinds to draw from ("gradient", "noise", "blobs").
         bg_range: (min, max) of background colour channels.
+        bg_noise: amplitude of the smooth colour noise of a "noise" background.
         max_lines: at most this many thin distractor lines per image.
         max_dots: at most this many small distractor dots per image.
         noise: (min, max) standard deviation of per-pixel Gaussian noise.
@@ -80,17 +86,18 @@ class Style:
         pattern_period: (min, max) pattern period.
     """
 
-    radius: tuple[float, float] = (0.16, 0.28)
-    small_radius: tuple[float, float] = (0.06, 0.08)
-    small_prob: float = 0.07
-    num_objects_p: tuple[float, float, float, float] = (0.35, 0.35, 0.20, 0.10)
-    min_visible: float = 0.45
-    occluded: float = 0.6
-    backgrounds: tuple[str, ...] = ("gradient", "noise", "blobs")
-    bg_range: tuple[float, float] = (40.0, 215.0)
-    max_lines: int = 3
-    max_dots: int = 4
-    noise: tuple[float, float] = (2.0, 5.0)
+    radius: tuple[float, float] = (0.22, 0.32)
+    small_radius: tuple[float, float] = (0.07, 0.09)
+    small_prob: float = 0.06
+    num_objects_p: tuple[float, float, float, float] = (0.40, 0.35, 0.20, 0.05)
+    min_visible: float = 0.62
+    occluded: float = 0.67
+    backgrounds: tuple[str, ...] = ("gradient", "noise")
+    bg_range: tuple[float, float] = (60.0, 190.0)
+    bg_noise: float = 30.0
+    max_lines: int = 1
+    max_dots: int = 2
+    noise: tuple[float, float] = (1.0, 3.0)
     patterns: bool = True
     pattern_period: tuple[float, float] = (0.08, 0.11)
 
@@ -269,7 +276,7 @@ def _background(size: tuple[int, int], rng: np.random.Generator, style: Style) -
         img = c0 * (1 - t) + c1 * t
     elif kind == "noise":  # smooth colour noise (coarse grid upsampled)
         gw, gh = int(rng.integers(3, 7)), int(rng.integers(3, 7))
-        grid = (c0 + rng.uniform(-60, 60, (gh, gw, 3))).clip(0, 255).astype(np.uint8)
+        grid = (c0 + rng.uniform(-style.bg_noise, style.bg_noise, (gh, gw, 3))).clip(0, 255).astype(np.uint8)
         img = np.asarray(Image.fromarray(grid, "RGB").resize((w, h), Image.Resampling.BICUBIC),
                          dtype=np.float32)
     else:  # blurred random-colour blobs on a flat base
@@ -469,7 +476,7 @@ def _prepare_out(out: Path) -> Path:
     return voc
 
 
-def generate_demo(out: Path, num_images: int = 240, seed: int = 0,
+def generate_demo(out: Path, num_images: int = 1200, seed: int = 0,
                   img_size: int = 128, style: Style = DEFAULT_STYLE) -> dict[str, Any]:
     """Write the synthetic VOC-layout dataset.
 
@@ -532,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate a small synthetic multi-label dataset in VOC 2007 layout.")
     p.add_argument("--out", type=Path, default=Path("data/demo"),
                    help="output folder (default: data/demo)")
-    p.add_argument("--num_images", type=int, default=240, help="number of images (default 240)")
+    p.add_argument("--num_images", type=int, default=1200, help="number of images (default 1200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--img_size", type=int, default=128,
                    help="short image side in pixels (default 128)")

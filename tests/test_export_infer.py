@@ -145,8 +145,7 @@ def test_infer_prints_predict_lines(exports, predicted, images, tmp_path, heads,
     assert any(labels) and not all(label == "".join(f"{c}," for c in CLASSES) for label in labels)  # a real mix
     records = json.loads(js.read_text())
     assert [r["img_path"] for r in records] == [r["img_path"] for r in expected]
-    assert [r["labels"] and [x["class"] for x in r["labels"]] for r in records] == \
-           [r["labels"] and [x["class"] for x in r["labels"]] for r in expected]
+    assert [[x["class"] for x in r["labels"]] for r in records] == [[x["class"] for x in r["labels"]] for r in expected]
     np.testing.assert_allclose([r["scores"] for r in records], [r["scores"] for r in expected], atol=1e-4, rtol=0)
 
 
@@ -224,6 +223,33 @@ def test_export_needs_weights_unless_random_init(tmp_path) -> None:
     cfg = yaml.safe_load((save / "inference.yml").read_text())
     assert cfg["weights"] == "random_init" and cfg["num_classes"] == 20 and cfg["img_size"] == 64  # voc07 by default
     assert "--num_cls" in user_error(run_script("export_model.py", *flags, "--random_init"), "--num_cls")
+
+
+def test_export_refuses_weights_without_classifier(runs, tmp_path) -> None:
+    """A backbone-only checkpoint (e.g. ImageNet weights) cannot be exported: the classifier would be random."""
+    import paddle
+
+    state = paddle.load(str(runs[1]["weights"]))
+    backbone = tmp_path / "backbone.pdparams"
+    paddle.save({k: v for k, v in state.items() if not k.startswith("classifier.")}, str(backbone))
+    result = run_script("export_model.py", "--model_path", str(backbone), "--model", "resnet18", "--num_cls", "5",
+                        "--classes", str(runs[1]["dir"] / "classes.txt"), "--img_size", "64", "--save_dir", str(tmp_path / "out"))
+    user_error(result, str(backbone), "classifier.multi_head.0.head.weight")
+    assert not (tmp_path / "out" / "inference.yml").exists()
+
+
+def test_predictor_guards_the_input_shape(exports) -> None:
+    from utils.deploy import DeployConfig, find_model_files
+    from utils.errors import UserError
+    from utils.inference import Predictor, RuntimeOptions
+
+    files = find_model_files(str(exports[1]))
+    deploy = DeployConfig.load(files.config_file)
+    predictor = Predictor(files, RuntimeOptions(enable_mkldnn=False, cpu_threads=1), deploy)
+    probs = predictor(np.zeros((2, 3, 64, 64), np.float32))
+    assert probs.shape == (2, 5) and np.all((probs >= 0) & (probs <= 1))
+    with pytest.raises(UserError, match=r"\[2, 3, 96, 96\].*\[N, 3, 64, 64\].*inference\.yml"):
+        predictor(np.zeros((2, 3, 96, 96), np.float32))
 
 
 @pytest.mark.parametrize("flag", ["--use_gpu", "--use_tensorrt"])
