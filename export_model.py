@@ -6,9 +6,10 @@
 
 Writes DIR/inference.json + DIR/inference.pdiparams (input ``x`` float32 [N, 3, S, S],
 output sigmoid probabilities [N, C]) and DIR/inference.yml (model, image size,
-normalisation, class names, threshold) so that ``infer.py --model_dir DIR`` needs nothing
-else. Model flags left unset are read from the config.json that train.py wrote beside
-the weights.
+normalisation, class names, threshold, attention block and stages) so that
+``infer.py --model_dir DIR`` needs nothing else. Model flags left unset are read from the
+config.json that train.py wrote beside the weights (the run's --attention_stages only
+together with its --attention).
 """
 from __future__ import annotations
 
@@ -54,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
 
     check_weights_choice(args.model_path, args.random_init)  # before importing paddle
     paths = export_model(args)
-    print(f"exported {args.model} + CSRA ({args.num_cls} classes, {args.num_heads} head(s), {args.img_size}px) to {args.save_dir}:")
+    from utils.deploy import DeployConfig
+
+    cfg = DeployConfig.load(paths["config_file"])
+    attention = f", attention {cfg.attention} in stage(s) {','.join(map(str, cfg.attention_stages or []))}" if cfg.attention else ""
+    print(f"exported {cfg.model} + CSRA ({cfg.num_classes} classes, {cfg.num_heads} head(s), {cfg.img_size}px{attention}) "
+          f"to {args.save_dir}:")
     for path in paths.values():
         print(f"  {path}")
     return 0

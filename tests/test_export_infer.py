@@ -2,7 +2,9 @@
 
 Real weights files are made here (resnet18 + CSRA, 5 classes, 1 and 4 heads, saved with
 paddle.save beside a classes.txt and a train.py-style config.json), exported at 64 px and
-run through the CLIs on a folder of generated JPEGs.
+run through the CLIs on a folder of generated JPEGs of different sizes. A third run has an
+attention block (GE in stages 3 and 4, sized from img_size) to check that export rebuilds it
+from the run's config.json alone and that infer.py needs nothing but the export folder.
 """
 from __future__ import annotations
 
@@ -250,6 +252,14 @@ def test_predictor_guards_the_input_shape(exports) -> None:
     assert probs.shape == (2, 5) and np.all((probs >= 0) & (probs <= 1))
     with pytest.raises(UserError, match=r"\[2, 3, 96, 96\].*\[N, 3, 64, 64\].*inference\.yml"):
         predictor(np.zeros((2, 3, 96, 96), np.float32))
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 64, 64), dtype=np.float32), rng.random((3, 64, 64), dtype=np.float32)
+    np.testing.assert_allclose(predictor([a, b]), predictor(np.stack([a, b])), atol=1e-6, rtol=0)  # a list of images works
+    with pytest.raises(UserError, match=r"different sizes \(\[3, 64, 64\], \[3, 80, 80\]\).*\[3, 64, 64\]"):
+        predictor([a, np.zeros((3, 80, 80), np.float32), b])
+    for empty in ([], np.zeros((0, 3, 64, 64), np.float32)):
+        with pytest.raises(UserError, match="empty batch"):
+            predictor(empty)
 
 
 @pytest.mark.parametrize("flag", ["--use_gpu", "--use_tensorrt"])
@@ -270,7 +280,8 @@ def test_onnx_export(exports, runs, predicted, tmp_path) -> None:
     save = tmp_path / "with_onnx"
     result = run_script("export_model.py", "--model_path", str(runs[1]["weights"]), "--save_dir", str(save), "--onnx")
     if importlib.util.find_spec("paddle2onnx") is None or importlib.util.find_spec("onnx") is None:
-        user_error(result, "pip install -r requirements-onnx.txt")
+        user_error(result, "--onnx", "paddle2onnx", "pip install -r requirements-onnx.txt")
+        assert not (save / "inference.json").exists() and not (save / "inference.yml").exists()  # refused before exporting
         return
     ok(result)
     assert (save / "model.onnx").stat().st_size > 1000
@@ -354,3 +365,143 @@ def test_deploy_config_rejects_a_broken_yml(tmp_path) -> None:
     path.write_text("model: [unclosed\n")
     with pytest.raises(UserError, match="YAML"):
         DeployConfig.load(path)
+
+
+# --------------------------------------------------------------------------- inputs, model files, precision
+def test_single_image_input(exports, predicted, images) -> None:
+    """--input_file with one image prints that image's predict.py line (the path as given)."""
+    image = sorted(images.iterdir())[2]
+    result = run_script("infer.py", "--model_dir", str(exports[1]), "--input_file", str(image), "--num_workers", "0")
+    ok(result)
+    assert result.stdout.splitlines() == [line for line in predicted[1][0].splitlines() if line.startswith(f"{image} ")]
+
+
+def test_empty_or_missing_input(exports, tmp_path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    user_error(run_script("infer.py", "--model_dir", str(exports[1]), "--input_file", str(empty)), f"no images in {empty}")
+    missing = tmp_path / "nowhere.jpg"
+    user_error(run_script("infer.py", "--model_dir", str(exports[1]), "--input_file", str(missing)), str(missing), "not found")
+
+
+def test_model_file_and_params_file(exports, predicted, images, tmp_path) -> None:
+    """--model_file/--params_file instead of --model_dir: any file names, inference.yml beside the program."""
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    shutil.copy(exports[4] / "inference.json", renamed / "csra.json")
+    shutil.copy(exports[4] / "inference.pdiparams", renamed / "csra.pdiparams")
+    shutil.copy(exports[4] / "inference.yml", renamed / "inference.yml")
+    result = run_script("infer.py", "--model_file", str(renamed / "csra.json"), "--params_file", str(renamed / "csra.pdiparams"),
+                        "--input_file", str(images), "--batch_size", "3", "--num_workers", "0")
+    ok(result)
+    assert result.stdout == predicted[4][0]
+
+
+def test_model_file_errors(exports, images, tmp_path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("inference.json", "inference.pdiparams"):
+        shutil.copy(exports[1] / name, bare / name)
+    flags = ["--input_file", str(images)]
+    user_error(run_script("infer.py", "--model_dir", str(bare), *flags), "no inference.yml", "export_model.py")
+    user_error(run_script("infer.py", "--model_file", str(bare / "inference.json"), *flags), "--model_dir", "--params_file")
+    missing = tmp_path / "gone.pdiparams"
+    user_error(run_script("infer.py", "--model_file", str(bare / "inference.json"), "--params_file", str(missing), *flags),
+               f"model weights file {missing} not found")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_refused_on_cpu(exports, images, precision) -> None:
+    """fp16/int8 are GPU (TensorRT) modes: on CPU they are refused, never silently run as fp32."""
+    result = run_script("infer.py", "--model_dir", str(exports[1]), "--input_file", str(images), "--precision", precision)
+    user_error(result, f"--precision {precision}", "only fp32", "--use_gpu True")
+    assert result.stdout == ""
+
+
+def test_runtime_option_checks() -> None:
+    """The in-process rules behind the CLI refusals (CPU build of Paddle)."""
+    import paddle
+
+    from utils.errors import UserError
+    from utils.inference import RuntimeOptions, check_runtime_options
+
+    check_runtime_options(RuntimeOptions())  # fp32 on CPU
+    if paddle.is_compiled_with_cuda():
+        pytest.skip("the refusals below are for a CPU-only Paddle")
+    for opts, pattern in ((RuntimeOptions(precision="fp16"), "only fp32"), (RuntimeOptions(precision="int8"), "only fp32"),
+                          (RuntimeOptions(use_gpu=True), "no CUDA"), (RuntimeOptions(use_tensorrt=True, use_gpu=True), "TensorRT"),
+                          (RuntimeOptions(precision="bf16"), "choose one of fp32, fp16, int8")):
+        with pytest.raises(UserError, match=pattern):
+            check_runtime_options(opts)
+
+
+# --------------------------------------------------------------------------- attention blocks
+ATTENTION_RUN = {"attention": "ge", "attention_stages": [3, 4]}
+
+
+@pytest.fixture(scope="module")
+def attention_run(tmp_path_factory, images) -> dict:
+    """A training-run folder for resnet18 + GE in stages 3,4 at 64 px, and its dygraph scores on ``images``."""
+    import paddle
+    import paddle.nn.functional as F
+
+    from datasets.config import DATASETS
+    from datasets.image_io import load_rgb
+    from datasets.transforms import preprocess
+    from models import build_model
+
+    paddle.seed(7)
+    model = build_model("resnet18", len(CLASSES), 2, 0.2, img_size=64, **ATTENTION_RUN)
+    model.eval()
+    run = tmp_path_factory.mktemp("att_run")
+    paddle.save(model.state_dict(), str(run / "best.pdparams"))
+    (run / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (run / "config.json").write_text(json.dumps({"model": "resnet18", "num_heads": 2, "lam": 0.2, "img_size": 64,
+                                                 "dataset": "demo", **ATTENTION_RUN}))
+    paths = sorted(images.iterdir())
+    norm = DATASETS["demo"]
+    with paddle.no_grad():
+        scores = F.sigmoid(model(paddle.to_tensor(np.stack([preprocess(load_rgb(p), 64, norm.mean, norm.std) for p in paths]))))
+    return {"weights": run / "best.pdparams", "paths": [str(p) for p in paths], "scores": scores.numpy()}
+
+
+def test_attention_export_round_trip(attention_run, tmp_path) -> None:
+    """Export rebuilds the attention model from config.json alone; the yml records the block and
+    its stages; infer.py reproduces the dygraph scores from the export folder alone."""
+    import yaml
+
+    save = tmp_path / "att_export"
+    result = run_script("export_model.py", "--model_path", str(attention_run["weights"]), "--save_dir", str(save))
+    ok(result)
+    assert "attention ge in stage(s) 3,4" in result.stdout
+    cfg = yaml.safe_load((save / "inference.yml").read_text())
+    assert cfg["attention"] == "ge" and cfg["attention_stages"] == [3, 4]
+    assert cfg["num_heads"] == 2 and cfg["lam"] == 0.2 and cfg["img_size"] == 64
+    js = tmp_path / "att.json"
+    result = run_script("infer.py", "--model_dir", str(save), "--input_file", str(Path(attention_run["paths"][0]).parent),
+                        "--batch_size", "3", "--num_workers", "0", "--output", str(js))
+    ok(result)
+    records = json.loads(js.read_text())
+    assert [r["img_path"] for r in records] == attention_run["paths"]
+    np.testing.assert_allclose([r["scores"] for r in records], attention_run["scores"], atol=1e-4, rtol=0)
+
+
+def test_attention_stages_inherited_only_with_the_runs_attention() -> None:
+    from utils.cli import fill_model_defaults
+
+    run = {"model": "resnet50", "num_heads": 4, "img_size": 224, **ATTENTION_RUN}
+
+    def filled(**given) -> argparse.Namespace:
+        args = argparse.Namespace(model=None, num_heads=None, lam=None, attention=None, attention_stages=None, img_size=None)
+        vars(args).update(given)
+        return fill_model_defaults(args, dict(run))
+
+    args = filled()
+    assert (args.model, args.num_heads, args.lam, args.img_size) == ("resnet50", 4, 0.1, 224)
+    assert (args.attention, args.attention_stages) == ("ge", [3, 4])
+    assert filled(attention="GE").attention_stages == [3, 4]  # the same block, spelled otherwise
+    assert filled(attention="se").attention_stages is None  # another block: its own default stages
+    assert filled(attention="none").attention_stages is None  # no block: no stages
+    assert filled(attention="se", attention_stages=[2]).attention_stages == [2]  # explicit stages always win
+    assert filled(attention_stages=[4]).attention_stages == [4]

@@ -90,12 +90,38 @@ def read_run_config(weights: str | None) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
+def _same_attention(a: Any, b: Any) -> bool:
+    """Whether two attention settings name the same block (aliases and case resolved; None == 'none')."""
+    def canonical(name: Any) -> str | None:
+        if name is None or str(name).strip().lower() in ("", "none", "null"):
+            return None
+        try:
+            from models.attention import validate_attention
+
+            return validate_attention(str(name))
+        except Exception:  # unknown name: build_model reports it later
+            return str(name).strip().lower()
+
+    return canonical(a) == canonical(b)
+
+
 def fill_model_defaults(args: argparse.Namespace, run_config: dict[str, Any] | None = None) -> argparse.Namespace:
-    """Fill model flags left unset: from ``run_config`` (a training run's config), else the reference defaults."""
+    """Fill model flags left unset: from ``run_config`` (a training run's config), else the reference defaults.
+
+    ``attention_stages`` belongs to the run's attention block: it is inherited only when the
+    attention ends up being the run's (``--attention`` unset, or naming the same block). With
+    ``--attention`` overridden to another block (or ``none``) the stages fall back to that
+    block's default unless ``--attention_stages`` is given.
+    """
     run_config = run_config or {}
+    attention_given = getattr(args, "attention", None) is not None
     for key, default in MODEL_DEFAULTS.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, run_config.get(key, default))
+        if getattr(args, key, None) is not None:
+            continue
+        if key == "attention_stages" and attention_given and not _same_attention(args.attention, run_config.get("attention")):
+            setattr(args, key, default)
+            continue
+        setattr(args, key, run_config.get(key, default))
     return args
 
 

@@ -66,6 +66,8 @@ class DeployConfig:
         num_heads: CSRA heads.
         lam: CSRA attention weight.
         attention: attention block name or None.
+        attention_stages: ResNet stages holding the attention block (None without one).
+            Informational: the program already contains the blocks, infer.py needs neither.
         num_classes: C, the length of the output and of ``class_names``.
         img_size: S, the square input side the program was exported for.
         mean, std: per-channel normalisation used by ``datasets.transforms.preprocess``.
@@ -87,6 +89,7 @@ class DeployConfig:
     std: list[float]
     class_names: list[str]
     attention: str | None = None
+    attention_stages: list[int] | None = None
     threshold: float = 0.5
     dataset: str = "voc07"
     input_name: str = INPUT_NAME
@@ -106,7 +109,7 @@ class DeployConfig:
         extra = data.pop("extra")
         data["mean"] = [float(v) for v in self.mean]
         data["std"] = [float(v) for v in self.std]
-        first = ("model", "num_heads", "lam", "attention")
+        first = ("model", "num_heads", "lam", "attention", "attention_stages")
         return {**{k: data[k] for k in first}, **{k: v for k, v in data.items() if k not in first}, **extra}
 
     def save(self, path: str | Path) -> Path:
@@ -172,6 +175,9 @@ class DeployConfig:
             raise bad("std must not contain 0")
         if not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold):
             raise bad(f"threshold must be a number, got {self.threshold!r}")
+        stages = self.attention_stages
+        if stages is not None and not (isinstance(stages, list) and all(isinstance(v, int) and 1 <= v <= 4 for v in stages)):
+            raise bad(f"attention_stages must be a list of stages 1..4 or null, got {stages!r}")
         if not isinstance(self.input_name, str) or not self.input_name:
             raise bad(f"input_name must be a name, got {self.input_name!r}")
 

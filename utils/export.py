@@ -84,15 +84,24 @@ def build_export_model(args: argparse.Namespace):  # -> tuple[nn.Layer, list[str
     return model, names
 
 
-def deploy_config(args: argparse.Namespace, names: list[str]) -> DeployConfig:
-    """The ``inference.yml`` contents for a completed ``args`` (after :func:`build_export_model`)."""
+def deploy_config(args: argparse.Namespace, names: list[str], model_config: dict | None = None) -> DeployConfig:
+    """The ``inference.yml`` contents for a completed ``args`` (after :func:`build_export_model`).
+
+    ``model_config`` is the built model's ``config`` (``build_model`` records the canonical
+    attention name and the resolved stages, e.g. ``[1, 2, 3, 4]`` for a block's default);
+    without it the flags are used as given.
+    """
     import paddle
 
     from datasets.config import DATASETS
 
+    model_config = model_config or {}
     norm = DATASETS.get(args.dataset, DATASETS["voc07"])  # as predict.py does
+    stages = model_config.get("attention_stages", getattr(args, "attention_stages", None))
     return DeployConfig(
-        model=args.model, num_heads=args.num_heads, lam=float(args.lam), attention=args.attention,
+        model=model_config.get("model", args.model), num_heads=args.num_heads, lam=float(args.lam),
+        attention=model_config.get("attention", args.attention),
+        attention_stages=[int(v) for v in stages] if stages else None,
         num_classes=len(names), img_size=int(args.img_size), mean=list(norm.mean), std=list(norm.std),
         class_names=list(names), threshold=float(args.threshold), dataset=args.dataset, input_name=INPUT_NAME,
         weights=str(Path(args.model_path).resolve()) if args.model_path else "random_init",
@@ -187,7 +196,7 @@ def export_model(args: argparse.Namespace) -> dict[str, Path]:
     if args.onnx:
         require_onnx_tools()  # before the (slow) export, not after
     model, names = build_export_model(args)
-    config = deploy_config(args, names)
+    config = deploy_config(args, names, getattr(model, "config", None))
     paths = save_inference_model(model, args.save_dir, config)
     if args.onnx:
         paths["onnx_file"] = export_onnx(paths["model_file"], paths["params_file"], Path(args.save_dir) / ONNX_FILENAME, args.opset)

@@ -209,9 +209,25 @@ class Predictor:
                 f"together (weights from another export or another model?) or a file is damaged. Export both files again "
                 f"into one folder with export_model.py. Paddle said: {_paddle_reason(exc)}")
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Run one batch. UserError on a wrong input shape or when the program fails."""
+    def __call__(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Run one batch: an array [B, 3, S, S] or a list of B arrays [3, S, S].
+
+        UserError on an empty batch, images of different sizes, a shape other than the
+        exported one, or when the program fails.
+        """
         size = self.deploy.img_size
+        if isinstance(images, (list, tuple)):
+            shapes = list(dict.fromkeys(tuple(np.shape(a)) for a in images))
+            if not shapes:
+                raise UserError("empty batch: give at least one image")
+            if len(shapes) > 1:
+                raise UserError(f"the images of one batch have different sizes ({', '.join(map(str, map(list, shapes)))}); "
+                                f"preprocess every image to [3, {size}, {size}] (img_size {size} from inference.yml, "
+                                f"datasets.transforms.preprocess) before batching")
+            images = np.stack(images)
+        images = np.asarray(images)
+        if images.ndim == 4 and images.shape[0] == 0:
+            raise UserError("empty batch: give at least one image")
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise UserError(f"input batch has shape {list(images.shape)}, but the exported model expects [N, 3, {size}, {size}] "
                             f"(img_size {size} from inference.yml); all images must be preprocessed to that size")
