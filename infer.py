@@ -8,6 +8,8 @@ Prints exactly predict.py's lines (``<dir>/<file> prediction: dog,person,``), on
 sorted by file name. Image size, normalisation, class names and the default threshold come
 from DIR/inference.yml (written by export_model.py). Files that cannot be read are reported
 on stderr and skipped; the exit status is then 1. Boolean flags take a value (True/False).
+Settings this Paddle build cannot honour (--use_gpu/--use_tensorrt without CUDA or TensorRT,
+--precision fp16/int8 on CPU) are refused with exit status 2, never silently replaced.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu_mem", type=positive_int, default=500, help="initial GPU memory pool in MB (default 500)")
     run.add_argument("--use_tensorrt", type=str2bool, default=False, help="TensorRT subgraphs (GPU build with TensorRT; default False)")
     run.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                     help="fp32 (default); fp16 on GPU; int8 with TensorRT and a quantised model")
+                     help="fp32 (default; the only choice on CPU, fp16/int8 are refused there); fp16 on GPU; "
+                     "int8 with TensorRT and a quantised model")
     run.add_argument("--enable_mkldnn", type=str2bool, default=True, help="oneDNN kernels on CPU (default True)")
     run.add_argument("--cpu_threads", type=positive_int, default=_THREADS,
                      help="CPU math threads (default: $OMP_NUM_THREADS, else the number of cores: %(default)s here)")

@@ -301,6 +301,20 @@ def test_onnx_export(exports, runs, predicted, tmp_path) -> None:
     np.testing.assert_allclose(probs, [r["scores"] for r in records], atol=1e-4, rtol=0)
 
 
+def test_onnx_export_without_paddle2onnx(runs, tmp_path) -> None:
+    """export_model.py --onnx where paddle2onnx cannot be imported (hidden by a sitecustomize
+    when it is installed): one clear error naming the extra, before anything is written."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['paddle2onnx'] = None  # find_spec -> None, import fails\n")
+    save = tmp_path / "no_onnx"
+    result = run_script("export_model.py", "--model_path", str(runs[1]["weights"]), "--save_dir", str(save), "--onnx",
+                        env={"PYTHONPATH": str(hide)})
+    user_error(result, "--onnx needs paddle2onnx", "not installed", "pip install -r requirements-onnx.txt", "without --onnx")
+    assert result.returncode == 2 and result.stdout == ""
+    assert not save.exists() or not any(save.iterdir())
+
+
 def test_onnx_missing_tools_message(monkeypatch) -> None:
     from utils.errors import UserError
     from utils.export import require_onnx_tools
