@@ -141,6 +141,16 @@ function status_check() {
     fi
 }
 
+# func_data_path VALUE -> VALUE, with a leading ./test_tipc/data/ replaced by
+# $TIPC_DATA_ROOT/ when that is set (data elsewhere without editing the config)
+function func_data_path() {
+    local v=$1
+    if [[ -n ${TIPC_DATA_ROOT:-} && $v == ./test_tipc/data/* ]]; then
+        v=${TIPC_DATA_ROOT%/}/${v#./test_tipc/data/}
+    fi
+    printf '%s\n' "$v"
+}
+
 # func_python -> the Python interpreter to use: $PYTHON, else the repository's
 # .venv/bin/python when it exists, else the config's value (given as $1).
 function func_python() {

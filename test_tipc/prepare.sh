@@ -15,11 +15,12 @@
 #                           $TIPC_WEIGHTS) and images ($VOC_ROOT's test images, else the
 #                           shared voc2007_small ones when present, else demo images)
 # Environment: PYTHON (default .venv/bin/python when it exists), TIPC_DATA (demo|voc_small),
-# VOC_ROOT, TIPC_WEIGHTS, TIPC_DEMO_IMAGES (number of demo images).
+# VOC_ROOT, TIPC_WEIGHTS, TIPC_DEMO_IMAGES (number of demo images), TIPC_DATA_ROOT (replaces
+# the ./test_tipc/data/ prefix of the config's data paths).
 set -u
 
 usage() {
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 [[ $# -ne 2 ]] && usage
@@ -35,6 +36,7 @@ VOC_ROOT_ABS=""
 [[ -n ${VOC_ROOT:-} ]] && VOC_ROOT_ABS=$(abspath "$VOC_ROOT")
 WEIGHTS_OVERRIDE=""
 [[ -n ${TIPC_WEIGHTS:-} ]] && WEIGHTS_OVERRIDE=$(abspath "$TIPC_WEIGHTS")
+[[ -n ${TIPC_DATA_ROOT:-} ]] && TIPC_DATA_ROOT=$(abspath "$TIPC_DATA_ROOT")
 cd "$REPO_ROOT" || exit 2
 source test_tipc/common_func.sh
 
@@ -45,9 +47,9 @@ fi
 func_read_config "$CONFIG" || exit 2
 model_name=$(func_parser_value "$(func_line 2)")
 python=$(func_python "$(func_parser_value "$(func_line 3)")")
-train_json=$(func_parser_params "$(func_line 12)" "$MODE")
-infer_dir=$(func_parser_params "$(func_line 37)" "$MODE")
-train_model=$(func_parser_value "$(func_line 26)")
+train_json=$(func_data_path "$(func_parser_params "$(func_line 12)" "$MODE")")
+infer_dir=$(func_data_path "$(func_parser_params "$(func_line 37)" "$MODE")")
+train_model=$(func_data_path "$(func_parser_value "$(func_line 26)")")
 SHARED_VOC_SMALL=../shared/data/voc2007_small/VOCdevkit
 
 die() {

@@ -8,11 +8,12 @@
 # Run `bash test_tipc/prepare.sh CONFIG MODE` first. Logs: test_tipc/output/<model>/<MODE>/
 # ($TIPC_OUTPUT replaces test_tipc/output). Exit status 0 only when every step succeeded.
 # Environment: PYTHON (interpreter; default .venv/bin/python when it exists, else the
-# config's), TIPC_WEIGHTS (whole_infer: weights file replacing the config's train_model).
+# config's), TIPC_WEIGHTS (whole_infer: weights file replacing the config's train_model),
+# TIPC_DATA_ROOT (replaces the ./test_tipc/data/ prefix of the config's data paths).
 set -u
 
 usage() {
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 [[ $# -lt 2 || $# -gt 3 ]] && usage
@@ -29,6 +30,7 @@ WEIGHTS_OVERRIDE=""
 [[ -n ${TIPC_WEIGHTS:-} ]] && WEIGHTS_OVERRIDE=$(abspath "$TIPC_WEIGHTS")
 OUTPUT_OVERRIDE=""
 [[ -n ${TIPC_OUTPUT:-} ]] && OUTPUT_OVERRIDE=$(abspath "$TIPC_OUTPUT")
+[[ -n ${TIPC_DATA_ROOT:-} ]] && TIPC_DATA_ROOT=$(abspath "$TIPC_DATA_ROOT")
 cd "$REPO_ROOT" || exit 2
 source test_tipc/common_func.sh
 
@@ -54,8 +56,8 @@ batch_key=$(func_parser_key "$(L 8)");       batch_value=$(func_parser_params "$
 pretrain_key=$(func_parser_key "$(L 9)");    pretrain_value=$(func_parser_params "$(L 9)" "$MODE")
 train_model_name=$(func_parser_value "$(L 10)")
 img_key=$(func_parser_key "$(L 11)");        img_value=$(func_parser_params "$(L 11)" "$MODE")
-train_json_key=$(func_parser_key "$(L 12)"); train_json=$(func_parser_params "$(L 12)" "$MODE")
-test_json_key=$(func_parser_key "$(L 13)");  test_json=$(func_parser_params "$(L 13)" "$MODE")
+train_json_key=$(func_parser_key "$(L 12)"); train_json=$(func_data_path "$(func_parser_params "$(L 12)" "$MODE")")
+test_json_key=$(func_parser_key "$(L 13)");  test_json=$(func_data_path "$(func_parser_params "$(L 13)" "$MODE")")
 trainer=$(func_parser_value "$(L 15)")
 trainer_line=$(L 16)
 eval_cmd=$(func_parser_value "$(L 19)")
@@ -63,7 +65,7 @@ export_dir_key=$(func_parser_key "$(L 22)"); export_dir_name=$(func_parser_value
 [[ -z $export_dir_name || $export_dir_name == null ]] && export_dir_name=inference
 weights_key=$(func_parser_key "$(L 23)")
 norm_export=$(func_parser_value "$(L 24)")
-train_model=$(func_parser_value "$(L 26)")
+train_model=$(func_data_path "$(func_parser_value "$(L 26)")")
 infer_export=$(func_parser_value "$(L 27)")
 inference_py=$(func_parser_value "$(L 29)")
 use_gpu_key=$(func_parser_key "$(L 30)");    use_gpu_list=$(func_parser_value "$(L 30)")
@@ -73,7 +75,7 @@ infer_bs_key=$(func_parser_key "$(L 33)");   infer_bs_list=$(func_parser_value "
 trt_key=$(func_parser_key "$(L 34)");        trt_list=$(func_parser_value "$(L 34)")
 precision_key=$(func_parser_key "$(L 35)");  precision_list=$(func_parser_value "$(L 35)")
 model_dir_key=$(func_parser_key "$(L 36)")
-input_key=$(func_parser_key "$(L 37)");      infer_input=$(func_parser_params "$(L 37)" "$MODE")
+input_key=$(func_parser_key "$(L 37)");      infer_input=$(func_data_path "$(func_parser_params "$(L 37)" "$MODE")")
 bench_key=$(func_parser_key "$(L 38)");      bench_value=$(func_parser_value "$(L 38)")
 
 if [[ $(func_parser_key "$trainer_line") != "$trainer" ]]; then

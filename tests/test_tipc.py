@@ -2,8 +2,8 @@
 
 The lite_train_lite_infer chain of CSRA_ResNet101 runs here for real (demo data, 64 px,
 1 epoch, then eval, export and the 8-run CPU inference grid), so `make test` fails when the
-chain does. Its outputs go to a temporary folder (TIPC_OUTPUT); the data goes where the
-config says (test_tipc/data/, ignored by git).
+chain does. Its data and outputs go to temporary folders (TIPC_DATA_ROOT, TIPC_OUTPUT), so
+the test leaves the checkout alone and can run beside another run of the suite.
 """
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, SHARED_VOC_SMALL
+from tests.conftest import REPO_ROOT
 
 TIPC = REPO_ROOT / "test_tipc"
 CONFIGS = TIPC / "configs"
@@ -85,6 +86,13 @@ def test_set_params_null_and_empty():
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["[ ]", "[ ]", "[ ]", "[--total_epoch=3]"]
+
+
+def test_data_path_prefix_override():
+    r = bash('func_data_path ./test_tipc/data/lite/a.json; func_data_path /abs/b.json', TIPC_DATA_ROOT="/tmp/x/")
+    assert r.stdout.splitlines() == ["/tmp/x/lite/a.json", "/abs/b.json"]
+    r = bash('func_data_path ./test_tipc/data/lite/a.json', TIPC_DATA_ROOT="")
+    assert r.stdout.splitlines() == ["./test_tipc/data/lite/a.json"]
 
 
 def test_status_check_lines_and_failure_count(tmp_path):
@@ -192,16 +200,20 @@ def test_prepare_voc_small(tmp_path, voc_small):
 
 @pytest.fixture(scope="module")
 def lite_chain(tmp_path_factory):
-    """prepare.sh + the lite_train_lite_infer chain of CSRA_ResNet101: (output dir, result)."""
-    r = tipc("prepare.sh", str(R101), "lite_train_lite_infer")
+    """prepare.sh + the lite_train_lite_infer chain of CSRA_ResNet101: (output dir, result, data root)."""
+    data = tmp_path_factory.mktemp("tipc_data")
+    r = tipc("prepare.sh", str(R101), "lite_train_lite_infer", TIPC_DATA_ROOT=str(data))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path_factory.mktemp("tipc_out")
-    result = tipc("test_train_inference_python.sh", str(R101), "lite_train_lite_infer", TIPC_OUTPUT=str(out))
-    return out / "CSRA_ResNet101" / "lite_train_lite_infer", result
+    start = time.monotonic()
+    result = tipc("test_train_inference_python.sh", str(R101), "lite_train_lite_infer", TIPC_OUTPUT=str(out),
+                  TIPC_DATA_ROOT=str(data))
+    print(f"lite_train_lite_infer chain: {time.monotonic() - start:.0f} s")
+    return out / "CSRA_ResNet101" / "lite_train_lite_infer", result, data
 
 
 def test_lite_chain_succeeds(lite_chain):
-    log_path, r = lite_chain
+    log_path, r, data = lite_chain
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     lines = (log_path / "results_python.log").read_text().splitlines()
     assert len(lines) == 3 + INFER_GRID
@@ -217,7 +229,7 @@ def test_lite_chain_succeeds(lite_chain):
     for step in ("train.log", "eval.log", "export.log"):
         assert (run / step).is_file()
     assert "mAP" in (run / "eval.log").read_text()
-    images = sorted(p.name for p in (REPO_ROOT / "test_tipc/data/lite_train_lite_infer/infer_images").glob("*.jpg"))
+    images = sorted(p.name for p in (data / "lite_train_lite_infer/infer_images").glob("*.jpg"))
     assert len(images) == 4
     logs = sorted(run.glob("python_infer_cpu_usemkldnn_*_threads_*_batchsize_*.log"))
     assert len(logs) == INFER_GRID
@@ -236,9 +248,11 @@ def test_lite_chain_succeeds(lite_chain):
     assert "all 11 steps succeeded" in r.stdout
 
 
-def test_failing_step_makes_the_chain_fail(tmp_path):
+def test_failing_step_makes_the_chain_fail(lite_chain, tmp_path):
+    data = lite_chain[2]
     cfg = config_copy(tmp_path, "bogus.txt", {2: "model_name:TIPC_bogus", 16: "norm_train:no_such_train.py --model resnet101"})
-    r = tipc("test_train_inference_python.sh", str(cfg), "lite_train_lite_infer", TIPC_OUTPUT=str(tmp_path / "out"))
+    r = tipc("test_train_inference_python.sh", str(cfg), "lite_train_lite_infer", TIPC_OUTPUT=str(tmp_path / "out"),
+             TIPC_DATA_ROOT=str(data))
     assert r.returncode == 1, r.stdout[-3000:]
     lines = (tmp_path / "out/TIPC_bogus/lite_train_lite_infer/results_python.log").read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Run failed with command - TIPC_bogus - ")
@@ -250,13 +264,13 @@ def test_failing_step_makes_the_chain_fail(tmp_path):
 def test_whole_infer_and_unchecked_inference_output(lite_chain, tmp_path):
     """whole_infer exports a given weights file (TIPC_WEIGHTS) at 448 and runs inference; an
     inference step that exits 0 but prints no predictions fails the chain."""
-    log_path, r = lite_chain
+    log_path, r, _ = lite_chain
     assert r.returncode == 0
     weights = log_path / "norm_train_cpu" / "best.pdparams"
     one_run = {2: "model_name:TIPC_whole_infer", 30: "--use_gpu:False", 31: "--enable_mkldnn:True",
                32: "--cpu_threads:2", 33: "--batch_size:2"}
     cfg = config_copy(tmp_path, "wi.txt", one_run)
-    env = {"TIPC_WEIGHTS": str(weights), "TIPC_OUTPUT": str(tmp_path / "out")}
+    env = {"TIPC_WEIGHTS": str(weights), "TIPC_OUTPUT": str(tmp_path / "out"), "TIPC_DATA_ROOT": str(tmp_path / "data")}
     r = tipc("prepare.sh", str(cfg), "whole_infer", **env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     r = tipc("test_train_inference_python.sh", str(cfg), "whole_infer", **env)
