@@ -92,7 +92,7 @@ TIPC_STEPS=0
 # ---------------------------------------------------------------- inputs
 need_file() {  # need_file PATH WHAT
     if [[ -z $1 || $1 == null || ! -e $1 ]]; then
-        echo "error: $2 '${1}' not found (line of $CONFIG for $MODE); run: bash test_tipc/prepare.sh $CONFIG $MODE" >&2
+        echo "error: $2 '${1}' not found (config $CONFIG, mode $MODE); run: bash test_tipc/prepare.sh $CONFIG $MODE" >&2
         exit 2
     fi
 }
