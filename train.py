@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     opt.add_argument("--w_d", type=float, default=1e-4, help="weight decay on all parameters (default 1e-4)")
     opt.add_argument("--warmup_epoch", type=non_negative_int, default=2, help="linear warm-up epochs, 0 for none (default 2)")
+    opt.add_argument("--lr_step", type=positive_int, default=None,
+                     help="epochs between x0.1 learning-rate decays (default: per --dataset, 4 voc07/demo/custom, 5 coco/wider)")
     opt.add_argument("--total_epoch", type=positive_int, default=30, help="epochs (default 30)")
     opt.add_argument("--freeze_bn", action="store_true",
                      help="keep BatchNorm in inference mode while training (running statistics fixed; affine still trained)")

@@ -140,3 +140,16 @@ def test_attention_run_trains_and_predicts_from_its_config(tiny_demo, tmp_path: 
     predicted = run_script("predict.py", "--load_from", str(save / "last.pdparams"), str(image))
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert predicted.stdout.startswith(f"{image} prediction: ")
+
+
+@pytest.mark.parametrize("extra, step", [((), 4), (("--lr_step", "1"), 1)])
+def test_lr_step_flag_sets_the_decay_interval(tiny_demo, tmp_path, extra, step) -> None:
+    """--lr_step overrides the dataset's decay interval (demo: 4 epochs)."""
+    import train
+    from utils.trainer import Trainer
+
+    args = train.build_parser().parse_args(train_flags(tiny_demo, tmp_path / "run", 2, *extra)[1:])
+    trainer = Trainer(args)
+    assert trainer.scheduler.step_epochs == step
+    second_epoch = trainer.scheduler.iters_per_epoch
+    assert trainer.scheduler.lr_at(second_epoch) == pytest.approx(0.01 * (0.1 if step == 1 else 1.0))

@@ -172,7 +172,7 @@ class Trainer:
                 raise UserError(f"{flag} {path} not found; prepare the dataset first (see README: Preparing datasets) or pass {flag}")
         self.classes, source = resolve_classes(args.dataset, args.classes, self.train_json)
         args.num_cls = resolve_num_classes(args, self.classes, source)
-        self.step_epochs = defaults.step_epochs
+        self.step_epochs = getattr(args, "lr_step", None) or defaults.step_epochs
         random_crop = args.dataset != "wider"
         self.train_set = MultiLabelDataset(
             self.train_json, TrainTransform(args.img_size, defaults.mean, defaults.std, random_crop=random_crop),
