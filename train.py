@@ -13,7 +13,7 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from utils.cli import add_data_args, add_device_arg, add_model_args, non_negative_int, positive_float, positive_int  # noqa: E402
+from utils.cli import add_data_args, add_device_arg, add_model_args, non_negative_float, non_negative_int, positive_float, positive_int  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--lr", type=positive_float, default=0.01, help="backbone learning rate; the classifier uses 10x (default 0.01)")
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     opt.add_argument("--w_d", type=float, default=1e-4, help="weight decay on all parameters (default 1e-4)")
-    opt.add_argument("--warmup_epoch", type=non_negative_int, default=2, help="linear warm-up epochs, 0 for none (default 2)")
+    opt.add_argument("--warmup_epoch", type=non_negative_float, default=2,
+                     help="linear warm-up epochs, 0 for none; fractions allowed, e.g. 0.25 (default 2)")
     opt.add_argument("--lr_step", type=positive_int, default=None,
                      help="epochs between x0.1 learning-rate decays (default: per --dataset, 4 voc07/demo/custom, 5 coco/wider)")
     opt.add_argument("--total_epoch", type=positive_int, default=30, help="epochs (default 30)")

@@ -19,7 +19,7 @@ class WarmupStepDecay(LRScheduler):
         self,
         base_lr: float,
         iters_per_epoch: int,
-        warmup_epochs: int = 2,
+        warmup_epochs: float = 2,
         step_epochs: int = 4,
         gamma: float = 0.1,
     ) -> None:
@@ -28,7 +28,7 @@ class WarmupStepDecay(LRScheduler):
         if warmup_epochs < 0 or step_epochs < 1:
             raise ValueError("warmup_epochs must be >= 0 and step_epochs >= 1")
         self.iters_per_epoch = iters_per_epoch
-        self.warmup_iters = warmup_epochs * iters_per_epoch
+        self.warmup_iters = int(round(warmup_epochs * iters_per_epoch))
         self.step_epochs = step_epochs
         self.gamma = gamma
         super().__init__(learning_rate=base_lr, last_epoch=-1, verbose=False)

@@ -110,7 +110,7 @@ def split_parameters(model: paddle.nn.Layer) -> tuple[list[paddle.Tensor], list[
 
 
 def build_optimizer(
-    model: paddle.nn.Layer, lr: float, momentum: float, weight_decay: float, iters_per_epoch: int, warmup_epochs: int, step_epochs: int
+    model: paddle.nn.Layer, lr: float, momentum: float, weight_decay: float, iters_per_epoch: int, warmup_epochs: float, step_epochs: int
 ) -> tuple[paddle.optimizer.Momentum, WarmupStepDecay]:
     """SGD with momentum, L2 weight decay on every parameter except those of blocks marked
     ``no_weight_decay`` (SRM: their group has weight decay 0), classifier at 10x lr.
