@@ -6,22 +6,26 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DEMO_DATA:-data/demo}
 OUT=${DEMO_OUT:-output/demo}
-NUM_IMAGES=${DEMO_IMAGES:-600}
-GEN_SIZE=${DEMO_GEN_SIZE:-96}
+NUM_IMAGES=${DEMO_IMAGES:-3400}     # 3000 trainval + 400 test
+TEST_IMAGES=${DEMO_TEST_IMAGES:-400}
+GEN_SIZE=${DEMO_GEN_SIZE:-64}
 IMG_SIZE=${DEMO_IMG_SIZE:-64}
-EPOCHS=${DEMO_EPOCHS:-10}
-LR=${DEMO_LR:-0.01}
+BATCH=${DEMO_BATCH:-8}
+EPOCHS=${DEMO_EPOCHS:-4}
+LR=${DEMO_LR:-0.05}
+LR_STEP=${DEMO_LR_STEP:-3}          # x0.1 for the last epoch
+WARMUP=${DEMO_WARMUP:-0.25}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 
 echo "== 1/5 generating ${NUM_IMAGES} synthetic images in ${DATA}"
-"$PY" -m datasets.make_demo --out "$DATA" --num_images "$NUM_IMAGES" --img_size "$GEN_SIZE" --seed 0
+"$PY" -m datasets.make_demo --out "$DATA" --num_images "$NUM_IMAGES" --test_images "$TEST_IMAGES" --img_size "$GEN_SIZE" --seed 0
 echo "== 2/5 preparing the JSON splits"
 "$PY" datasets/prepare_voc.py --data_path "$DATA/VOCdevkit" --classes "$DATA/classes.txt" --out_dir "$DATA"
 echo "== 3/5 training resnet18 + CSRA for ${EPOCHS} epochs at ${IMG_SIZE}px (CPU)"
 rm -rf "$OUT"
 "$PY" train.py --dataset demo --train_json "$DATA/trainval_voc07.json" --test_json "$DATA/test_voc07.json" \
-    --model resnet18 --num_heads 1 --lam 0.1 --img_size "$IMG_SIZE" --batch_size 16 --lr "$LR" \
-    --warmup_epoch 1 --total_epoch "$EPOCHS" --eval_interval "$EPOCHS" --print_freq 0 --save_dir "$OUT"
+    --model resnet18 --num_heads 1 --lam 0.1 --img_size "$IMG_SIZE" --batch_size "$BATCH" --lr "$LR" \
+    --lr_step "$LR_STEP" --warmup_epoch "$WARMUP" --total_epoch "$EPOCHS" --eval_interval "$EPOCHS" --print_freq 0 --save_dir "$OUT"
 echo "== 4/5 evaluating ${OUT}/best.pdparams on the test split"
 "$PY" val.py --load_from "$OUT/best.pdparams" --test_json "$DATA/test_voc07.json" --save_scores "$OUT/test_scores.json"
 echo "== 5/5 predicting 5 test images"

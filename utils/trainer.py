@@ -276,6 +276,7 @@ class Trainer:
         losses: list[float] = []
         seen = 0
         start = time.perf_counter()
+        lr = self.optimizer.get_lr()  # reported: the lr of the epoch's last step
         bar = tqdm(total=n_batches, initial=skip, desc=f"epoch {epoch + 1}/{args.total_epoch}", disable=None if _is_main() else True, leave=False)
         for it, (images, targets) in enumerate(self.train_loader, start=skip):
             t0 = time.perf_counter()
@@ -304,7 +305,7 @@ class Trainer:
         elapsed = time.perf_counter() - start
         return {
             "loss": float(np.mean(losses)) if losses else float("nan"),
-            "lr": float(self.optimizer.get_lr()),
+            "lr": float(lr),
             "time_s": elapsed,
             "images_per_s": seen / max(elapsed, 1e-9),
         }
