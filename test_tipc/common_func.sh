@@ -12,6 +12,21 @@ TIPC_MODES="lite_train_lite_infer lite_train_whole_infer whole_train_whole_infer
 TIPC_LAYOUT="2:model_name 3:python 4:gpu_list 10:train_model_name 15:trainer 19:eval 24:norm_export 26:train_model 27:infer_export 29:inference"
 TIPC_MIN_LINES=38
 
+# func_abspath PATH -> PATH made absolute against $CALLER_PWD (the caller's folder; set it
+# before the scripts cd into the repository)
+function func_abspath() {
+    case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "${CALLER_PWD:-$PWD}/$1" ;; esac
+}
+
+# func_start CONFIG MODE: refuse an unknown MODE, read and check CONFIG; exits 2 on error
+function func_start() {
+    if ! func_is_mode "$2"; then
+        echo "error: unknown MODE '$2'; choose one of: $TIPC_MODES" >&2
+        exit 2
+    fi
+    func_read_config "$1" || exit 2
+}
+
 # func_parser_key LINE -> the text before the first ':'
 function func_parser_key() {
     local line=$1

@@ -27,24 +27,16 @@ usage() {
 
 CALLER_PWD=$PWD
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-abspath() {
-    case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER_PWD/$1" ;; esac
-}
-CONFIG=$(abspath "$1")
+source "$REPO_ROOT/test_tipc/common_func.sh"
+CONFIG=$(func_abspath "$1")
 MODE=$2
 VOC_ROOT_ABS=""
-[[ -n ${VOC_ROOT:-} ]] && VOC_ROOT_ABS=$(abspath "$VOC_ROOT")
+[[ -n ${VOC_ROOT:-} ]] && VOC_ROOT_ABS=$(func_abspath "$VOC_ROOT")
 WEIGHTS_OVERRIDE=""
-[[ -n ${TIPC_WEIGHTS:-} ]] && WEIGHTS_OVERRIDE=$(abspath "$TIPC_WEIGHTS")
-[[ -n ${TIPC_DATA_ROOT:-} ]] && TIPC_DATA_ROOT=$(abspath "$TIPC_DATA_ROOT")
+[[ -n ${TIPC_WEIGHTS:-} ]] && WEIGHTS_OVERRIDE=$(func_abspath "$TIPC_WEIGHTS")
+[[ -n ${TIPC_DATA_ROOT:-} ]] && TIPC_DATA_ROOT=$(func_abspath "$TIPC_DATA_ROOT")
 cd "$REPO_ROOT" || exit 2
-source test_tipc/common_func.sh
-
-if ! func_is_mode "$MODE"; then
-    echo "error: unknown MODE '$MODE'; choose one of: $TIPC_MODES" >&2
-    exit 2
-fi
-func_read_config "$CONFIG" || exit 2
+func_start "$CONFIG" "$MODE"
 model_name=$(func_parser_value "$(func_line 2)")
 python=$(func_python "$(func_parser_value "$(func_line 3)")")
 train_json=$(func_data_path "$(func_parser_params "$(func_line 12)" "$MODE")")

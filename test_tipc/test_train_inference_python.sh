@@ -20,25 +20,17 @@ usage() {
 
 CALLER_PWD=$PWD
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-abspath() {  # a path given relative to the caller's folder, made absolute
-    case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER_PWD/$1" ;; esac
-}
-CONFIG=$(abspath "$1")
+source "$REPO_ROOT/test_tipc/common_func.sh"
+CONFIG=$(func_abspath "$1")
 MODE=$2
 GPU_ID=${3:-}
 WEIGHTS_OVERRIDE=""
-[[ -n ${TIPC_WEIGHTS:-} ]] && WEIGHTS_OVERRIDE=$(abspath "$TIPC_WEIGHTS")
+[[ -n ${TIPC_WEIGHTS:-} ]] && WEIGHTS_OVERRIDE=$(func_abspath "$TIPC_WEIGHTS")
 OUTPUT_OVERRIDE=""
-[[ -n ${TIPC_OUTPUT:-} ]] && OUTPUT_OVERRIDE=$(abspath "$TIPC_OUTPUT")
-[[ -n ${TIPC_DATA_ROOT:-} ]] && TIPC_DATA_ROOT=$(abspath "$TIPC_DATA_ROOT")
+[[ -n ${TIPC_OUTPUT:-} ]] && OUTPUT_OVERRIDE=$(func_abspath "$TIPC_OUTPUT")
+[[ -n ${TIPC_DATA_ROOT:-} ]] && TIPC_DATA_ROOT=$(func_abspath "$TIPC_DATA_ROOT")
 cd "$REPO_ROOT" || exit 2
-source test_tipc/common_func.sh
-
-if ! func_is_mode "$MODE"; then
-    echo "error: unknown MODE '$MODE'; choose one of: $TIPC_MODES" >&2
-    exit 2
-fi
-func_read_config "$CONFIG" || exit 2
+func_start "$CONFIG" "$MODE"
 
 # ---------------------------------------------------------------- config
 L() { func_line "$1"; }
@@ -240,17 +232,22 @@ export_step() {
     status_check "$STEP_RC" "$STEP_CMD" "$RESULT_LOG" "$model_name" "$log"
 }
 
+# export_then_infer WEIGHTS EXPORT_CMD EXPORT_DIR LOG_DIR GPU_ENV LABEL: export, then the
+# inference grid on the exported model (skipped with a line when the export failed)
+export_then_infer() {
+    export_step "$1" "$2" "$3" "$4/export.log"
+    if [[ $STEP_RC -eq 0 ]]; then
+        func_inference "$3" "$4" "$5"
+    else
+        echo "skipped: inference of $6: the export failed"
+    fi
+}
+
 # ---------------------------------------------------------------- the chain
 if [[ $MODE == whole_infer ]]; then
     gpu_env=""
     [[ -n $GPU_ID && $GPU_ID != -1 ]] && gpu_env="CUDA_VISIBLE_DEVICES=${GPU_ID%%,*}"
-    export_dir=$LOG_PATH/$export_dir_name
-    export_step "$weights" "$infer_export" "$export_dir" "$LOG_PATH/export.log"
-    if [[ $STEP_RC -eq 0 ]]; then
-        func_inference "$export_dir" "$LOG_PATH" "$gpu_env"
-    else
-        echo "skipped: inference of $model_name: the export failed"
-    fi
+    export_then_infer "$weights" "$infer_export" "$LOG_PATH/$export_dir_name" "$LOG_PATH" "$gpu_env" "$model_name"
 else
     while read -r gpu; do
         [[ -z $gpu ]] && continue
@@ -299,13 +296,7 @@ else
         status_check "$STEP_RC" "$STEP_CMD" "$RESULT_LOG" "$model_name" "$log"
 
         # export, then inference
-        export_dir=$run_dir/$export_dir_name
-        export_step "$weights" "$norm_export" "$export_dir" "$run_dir/export.log"
-        if [[ $STEP_RC -eq 0 ]]; then
-            func_inference "$export_dir" "$run_dir" "$gpu_env"
-        else
-            echo "skipped: inference of ${trainer}_$tag: the export failed"
-        fi
+        export_then_infer "$weights" "$norm_export" "$run_dir/$export_dir_name" "$run_dir" "$gpu_env" "${trainer}_$tag"
     done < <(func_split_alternatives "$gpu_list")
 fi
 
