@@ -3,22 +3,31 @@
 For each block (default: all registered, at their default stages) and the plain model:
 trainable parameters, multiply-adds (conv/linear MACs plus each block's own count, see
 ``AttentionBlock.flops``), and the latency overhead over the plain model at every
-``--sizes`` x ``--batches`` in Paddle Inference (static graph via ``paddle.jit.save`` into a
-temporary directory, oneDNN, ``--threads`` threads) and/or dygraph (eval, no_grad). Models of
-one setting are timed round-robin (plain, se, srm, ... plain, se, ...) so that load changes
-on the machine hit them all alike; each model's fastest run is reported (``--stat min``, the
-estimate of its own cost least disturbed by other processes) or the median. The last column is the original
-paper's GPU overhead (RTX 2080 Ti, PyTorch fp32, 224, batch 1; R50 4.6 ms).
+``--sizes`` x ``--batches`` in Paddle Inference (static graph via ``paddle.jit.save``, run
+with infer.py's settings: oneDNN, ``--threads`` threads) and/or dygraph (eval, no_grad).
+
+Every model runs in its own worker process, as a deployed model would: models sharing one
+process disturbed each other (a shared oneDNN kernel cache, one heap), which moved some
+overheads by 10 points from run to run. Workers of one setting are timed round-robin (plain,
+se, srm, ... plain, se, ...) so that load changes on the machine hit them all alike, at most
+``--group`` blocks (plus a plain model) at a time to bound memory; a block's overhead is over
+the plain model of its own group. Each worker reports its fastest run (``--stat min``, the
+estimate of its own cost least disturbed by other processes) or the median; with
+``--replicas R`` each model runs in R processes and the median of their figures is taken
+(processes of one model differ by 1-3 %). The last column is the original paper's GPU
+overhead (RTX 2080 Ti, PyTorch fp32, 224, batch 1; R50 4.6 ms).
 
     OMP_NUM_THREADS=2 python bench/attention_overhead.py
-    python bench/attention_overhead.py --sizes 448 --batches 1 --modes predictor --blocks ab,eca,se
-    python bench/attention_overhead.py --json results.json   # also write the raw numbers
+    python bench/attention_overhead.py --sizes 448 --batches 1 --modes predictor --replicas 3
+    python bench/attention_overhead.py --blocks ab,eca,se --json results.json   # also the raw numbers
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -45,6 +54,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="timed runs per model and setting (default: 12 at batch 1 / 224, fewer for bigger work)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per model and setting (default 1)")
     parser.add_argument("--stat", choices=["min", "median"], default="min", help="statistic of the timed runs (default min)")
+    parser.add_argument("--replicas", type=int, default=1, help="worker processes per model; median of their figures (default 1)")
+    parser.add_argument("--pause", type=float, default=0.25,
+                        help="seconds between two timed runs (default 0.25): Paddle's Intel OpenMP keeps a finished "
+                             "run's threads spinning for 200 ms (KMP_BLOCKTIME), which would slow the next worker")
+    parser.add_argument("--group", type=int, default=4, help="blocks timed together with one plain model (default 4)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     return parser.parse_args(argv)
 
@@ -97,18 +111,19 @@ def count_macs(model, size: int) -> int:
 
 
 def _predictor(model, size: int, threads: int, workdir: str, tag: str):
+    """``run(x [B, 3, size, size]) -> [B, C]`` through Paddle Inference, configured as infer.py
+    (``utils.inference.build_config``: oneDNN, ``threads`` threads, IR optimisation)."""
     import paddle
     from paddle import inference
+
+    from utils.deploy import ModelFiles
+    from utils.inference import RuntimeOptions, build_config
 
     prefix = os.path.join(workdir, tag)
     paddle.jit.save(model, prefix, input_spec=[paddle.static.InputSpec([None, 3, size, size], "float32", "image")])
     model_file = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
-    config = inference.Config(model_file, prefix + ".pdiparams")
-    config.disable_gpu()
-    config.enable_mkldnn()
-    config.set_cpu_math_library_num_threads(threads)
-    config.disable_glog_info()
-    predictor = inference.create_predictor(config)
+    files = ModelFiles(Path(model_file), Path(prefix + ".pdiparams"), None)
+    predictor = inference.create_predictor(build_config(files, RuntimeOptions(cpu_threads=threads), size, "image"))
     inp = predictor.get_input_handle(predictor.get_input_names()[0])
     out = predictor.get_output_handle(predictor.get_output_names()[0])
 
@@ -132,9 +147,97 @@ def _dygraph(model):
     return run
 
 
+def _setup_process(threads: int) -> None:
+    """Thread count and allocator settings of infer.py, before Paddle is imported."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    from utils.memory import retain_freed_memory
+
+    retain_freed_memory()
+
+
+def _worker(conn, model_name: str, num_cls: int, name: str, size: int, mode: str, threads: int, workdir: str, tag: str) -> None:
+    """One model in its own process: build (seed 0), export if needed, then answer
+    ``batch -> (seconds, minor page faults)`` requests until it receives None."""
+    _setup_process(threads)
+    import numpy as np
+    import paddle
+
+    from models import build_model
+
+    paddle.set_device("cpu")
+    paddle.seed(0)
+    model = build_model(model_name, num_cls, attention=None if name == PLAIN else name, img_size=size)
+    model.eval()
+    run = _predictor(model, size, threads, workdir, tag) if mode == "predictor" else _dygraph(model)
+    inputs: dict[int, np.ndarray] = {}
+    conn.send("ready")
+    while (batch := conn.recv()) is not None:
+        if batch not in inputs:
+            inputs[batch] = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        run(inputs[batch])
+        elapsed = time.perf_counter() - t0
+        conn.send((elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0))
+    conn.close()
+
+
+def _time_group(args: argparse.Namespace, names: list[str], size: int, mode: str, batches: list[int], workdir: str) -> dict:
+    """Round-robin timing of ``names`` (each in ``args.replicas`` processes) at one size and mode.
+
+    Returns ``{batch: {name: [per-replica list of run times in ms]}}`` and page faults."""
+    ctx = mp.get_context("spawn")
+    workers = []  # (name, connection, process)
+    for replica in range(args.replicas):
+        for name in names:
+            parent, child = ctx.Pipe()
+            tag = f"{name}_{size}_{mode}_{replica}"
+            proc = ctx.Process(target=_worker, args=(child, args.model, args.num_cls, name, size, mode, args.threads, workdir, tag))
+            proc.start()
+            workers.append((name, parent, proc))
+    try:
+        for name, conn, proc in workers:
+            if conn.recv() != "ready":
+                raise RuntimeError(f"worker for {name} failed to start")
+        out: dict = {}
+        for batch in batches:
+            iters = args.iters or _default_iters(size, batch)
+            for _ in range(args.warmup):
+                for _, conn, _ in workers:
+                    conn.send(batch)
+                    conn.recv()
+                    time.sleep(args.pause)
+            times = [[] for _ in workers]
+            faults = [0 for _ in workers]
+            for _ in range(iters):  # round-robin: one run of every worker per round
+                for i, (_, conn, _) in enumerate(workers):
+                    conn.send(batch)
+                    elapsed, flt = conn.recv()
+                    times[i].append(1000 * elapsed)
+                    faults[i] += flt
+                    time.sleep(args.pause)
+            per_name: dict = {}
+            for (name, _, _), ts, flt in zip(workers, times, faults):
+                per_name.setdefault(name, {"runs_ms": [], "faults_per_run": []})
+                per_name[name]["runs_ms"].append(ts)
+                per_name[name]["faults_per_run"].append(flt / iters)
+            out[batch] = (iters, per_name)
+        return out
+    finally:
+        for _, conn, proc in workers:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for _, _, proc in workers:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before paddle is imported
+    _setup_process(args.threads)
     import numpy as np
     import paddle
 
@@ -147,45 +250,40 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
+    groups = [blocks[i:i + max(1, args.group)] for i in range(0, len(blocks), max(1, args.group))] or [[]]
     load = os.getloadavg()
-    print(f"{args.model} + CSRA ({args.num_cls} classes), {args.threads} threads, {os.cpu_count()} cores, {args.stat} of the "
-          f"timed runs, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    print(f"{args.model} + CSRA ({args.num_cls} classes), {args.threads} threads, {os.cpu_count()} cores, one process per "
+          f"model x {args.replicas}, {args.stat} of the timed runs, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+          flush=True)
 
-    results: dict = {"params": {}, "macs": {}, "ms": {}, "load_before": load}
+    results: dict = {"params": {}, "macs": {}, "ms": {}, "runs_ms": {}, "page_faults_per_run": {}, "load_before": load}
+    stat = np.min if args.stat == "min" else np.median
     t_start = time.time()
     with tempfile.TemporaryDirectory() as workdir:
         for size in sizes:
-            models = {}
             for name in names:
                 paddle.seed(0)
                 model = build_model(args.model, args.num_cls, attention=None if name == PLAIN else name, img_size=size)
-                model.eval()
-                models[name] = model
                 results["params"][f"{name}@{size}"] = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
                 results["macs"][f"{name}@{size}"] = count_macs(model, size)
+                del model
             for mode in modes:
-                runners = {name: (_predictor(m, size, args.threads, workdir, f"{name}_{size}") if mode == "predictor" else _dygraph(m))
-                           for name, m in models.items()}
-                for batch in batches:
-                    x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-                    iters = args.iters or _default_iters(size, batch)
-                    for _ in range(args.warmup):
-                        for run in runners.values():
-                            run(x)
-                    times: dict[str, list[float]] = {name: [] for name in runners}
-                    for _ in range(iters):  # round-robin: one run of every model per round
-                        for name, run in runners.items():
-                            t0 = time.perf_counter()
-                            run(x)
-                            times[name].append(time.perf_counter() - t0)
-                    stat = np.min if args.stat == "min" else np.median
-                    for name, ts in times.items():
-                        results["ms"][f"{name}|{mode}|{size}|{batch}"] = 1000 * float(stat(ts))
-                    base = results["ms"][f"{PLAIN}|{mode}|{size}|{batch}"]
-                    line = ", ".join(f"{n} {100 * (results['ms'][f'{n}|{mode}|{size}|{batch}'] / base - 1):+.1f}%" for n in blocks)
-                    print(f"[{mode} {size} b{batch}, {iters} runs] plain {base:.1f} ms; {line}", flush=True)
-                del runners
-            del models
+                for group in groups:
+                    timed = _time_group(args, [PLAIN] + group, size, mode, batches, workdir)
+                    for batch, (iters, per_name) in timed.items():
+                        figures = {n: float(np.median([stat(ts) for ts in d["runs_ms"]])) for n, d in per_name.items()}
+                        base = figures[PLAIN]
+                        for name in group:
+                            key = f"{name}|{mode}|{size}|{batch}"
+                            results["ms"][key] = figures[name]
+                            results["ms"][f"{PLAIN}-for-{key}"] = base
+                            results["runs_ms"][key] = per_name[name]["runs_ms"]
+                            results["page_faults_per_run"][key] = per_name[name]["faults_per_run"]
+                        plain_key = f"{PLAIN}|{mode}|{size}|{batch}"
+                        results["ms"].setdefault(plain_key, base)
+                        results["runs_ms"].setdefault(plain_key, []).extend(per_name[PLAIN]["runs_ms"])
+                        line = ", ".join(f"{n} {100 * (figures[n] / base - 1):+.1f}%" for n in group)
+                        print(f"[{mode} {size} b{batch}, {iters} runs x {args.replicas}] plain {base:.1f} ms; {line}", flush=True)
     results["seconds"] = time.time() - t_start
     results["load_after"] = os.getloadavg()
     print()
@@ -227,7 +325,7 @@ def format_table(results: dict, blocks: list[str], sizes: list[int], batches: li
     for name in blocks:
         cells = [name, params(name), macs(name, 224), macs(name, 448)]
         for m, s, b in settings:
-            t, base = results["ms"][f"{name}|{m}|{s}|{b}"], results["ms"][f"{PLAIN}|{m}|{s}|{b}"]
+            t, base = results["ms"][f"{name}|{m}|{s}|{b}"], results["ms"][f"{PLAIN}-for-{name}|{m}|{s}|{b}"]
             cells.append(f"{100 * (t / base - 1):+.1f} %")
         cells.append(PAPER_GPU_OVERHEAD.get(name, "-"))
         rows.append("| " + " | ".join(cells) + " |")

@@ -8,8 +8,8 @@ its 3x3 conv ("v1.5"), output stride is 32 and there is no dilation.
 Blocks have two hooks for attention blocks:
 - a *recalibrator* acting on the residual branch after the last BN, before the add;
 - a *mixer* replacing the bottleneck's 3x3 ``conv2`` (keeping the name).
-In eval mode a bottleneck evaluates recalibrators that define ``mean_affine`` from conv3's
-input (``_mean_affine_tail``): same function, fewer passes over the feature map.
+In eval mode a bottleneck evaluates recalibrators that define ``inference_affine`` from
+conv3's input (``_inference_tail``): same function, fewer passes over the feature map.
 """
 from __future__ import annotations
 
@@ -129,28 +129,37 @@ class BottleneckBlock(_ResidualBlock):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         recalibrator = getattr(self, self._recalibrator_key) if self._recalibrator_key else None
-        if recalibrator is not None and not self.training and hasattr(recalibrator, "mean_affine"):
-            return self._mean_affine_tail(recalibrator, out, identity)
+        if recalibrator is not None and not self.training and hasattr(recalibrator, "inference_affine"):
+            return self._inference_tail(recalibrator, out, identity)
         out = self._recalibrate(self.bn3(self.conv3(out)))
         return self.relu(out + identity)
 
-    def _mean_affine_tail(self, recalibrator: nn.Layer, h: paddle.Tensor, identity: paddle.Tensor) -> paddle.Tensor:
-        """Inference path for recalibrators that are ``x * scale + shift`` of the channel means of
-        ``x = bn3(conv3(h))`` (SE, ECA, MultiSE, AB; see ``Recalibrator.mean_affine``).
+    def _inference_tail(self, recalibrator: nn.Layer, h: paddle.Tensor, identity: paddle.Tensor) -> paddle.Tensor:
+        """Eval-mode tail for recalibrators that are ``x * scale + shift`` with ``x = bn3(conv3(h))``
+        (SE, ECA, MultiSE, AB, SRM; see ``Recalibrator``).
 
-        In eval mode bn3 and the 1x1 conv3 are affine, so ``mean_HW(x) = bn3(conv3(mean_HW(h)))``:
-        the mean is taken on the 4x narrower ``h``, and an additive ``shift`` goes into the
-        identity branch so that conv3 + bn3 + the residual add + ReLU stay one fused op in
-        Paddle Inference. Same function as the training path up to float rounding.
+        In eval mode bn3 and the 1x1 conv3 are affine, so ``mean_HW(x) = conv2d(mean_HW(h),
+        weight, bias)`` with bn3 folded into conv3's weight: the mean is taken on the 4x narrower
+        ``h``. An additive ``shift`` goes into the identity branch so that conv3 + bn3 + the
+        residual add + ReLU stay one fused op in Paddle Inference. Same function as the
+        training path up to float rounding.
         """
-        mean = self.bn3(self.conv3(F.adaptive_avg_pool2d(h, 1)))  # [B, C, 1, 1]
-        scale, shift = recalibrator.mean_affine(mean)
+        weight, bias = fold_batch_norm(self.conv3.weight, self.bn3)
+        out = self.bn3(self.conv3(h))
+        scale, shift = recalibrator.inference_affine(F.adaptive_avg_pool2d(h, 1), weight, bias, out)
         if shift is not None:
             identity = identity + shift
-        out = self.bn3(self.conv3(h))
         if scale is not None:
             out = out * scale
         return self.relu(out + identity)
+
+
+def fold_batch_norm(weight: paddle.Tensor, bn: nn.BatchNorm2D) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """A bias-free conv ``weight [C, Cin, kh, kw]`` followed by ``bn`` (eval mode, running
+    statistics) as one conv: ``(weight * s, beta - running_mean * s)`` with
+    ``s = gamma / sqrt(running_var + eps)``; returns ``([C, Cin, kh, kw], [C])``."""
+    scale = bn.weight / paddle.sqrt(bn._variance + bn._epsilon)
+    return weight * scale.reshape([-1, 1, 1, 1]), bn.bias - bn._mean * scale
 
 
 RESNET_SPECS: dict[int, tuple[type[_ResidualBlock], list[int]]] = {

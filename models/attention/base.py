@@ -69,11 +69,16 @@ class AttentionBlock(nn.Layer):
 class Recalibrator(AttentionBlock):
     """Acts on the residual branch ``x [B, C, H, W] -> [B, C, H, W]``.
 
-    A recalibrator whose output is ``x * scale + shift`` with ``scale``/``shift`` functions of
-    the channel means of ``x`` only (SE, ECA, MultiSE, AB) may define
-    ``mean_affine(mean [B, C, 1, 1]) -> (scale | None, shift | None)`` (each ``[B, C, 1, 1]``).
-    A bottleneck in eval mode then computes the means from conv3's input and keeps conv3, bn3,
-    the residual add and the ReLU fusable (see ``BottleneckBlock._mean_affine_tail``).
+    A recalibrator whose output is ``x * scale + shift``, with per-sample, per-channel
+    ``scale``/``shift`` that can be computed from the means of conv3's input (SE, ECA, MultiSE,
+    AB, SRM) may define ``inference_affine(mean_h, weight, bias, x) -> (scale | None, shift |
+    None)`` (each ``[B, C, 1, 1]``), where ``x = bn3(conv3(h))`` is its input, ``mean_h
+    [B, Cin, 1, 1]`` the channel means of ``h`` and ``weight [C, Cin, 1, 1]``, ``bias [C]`` conv3
+    with bn3 folded in, so that ``mean_HW(x) = conv2d(mean_h, weight, bias)`` in eval mode.
+    A bottleneck in eval mode then skips the passes over ``x`` that the means would need and
+    keeps conv3, bn3, the residual add and the ReLU fusable (see
+    ``BottleneckBlock._inference_tail``). Operations on parameters alone (the folded
+    weights) are constant-folded once when Paddle Inference loads the exported model.
     """
 
     @classmethod

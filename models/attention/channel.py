@@ -12,6 +12,8 @@ Every global mean over H, W is one global average pool (see ``global_mean``).
 """
 from __future__ import annotations
 
+import math
+
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -74,7 +76,39 @@ def pointwise(cin: int, cout: int, bias: bool = True, groups: int = 1) -> nn.Con
                      bias_attr=torch_default_attr(fan_in) if bias else False)
 
 
-class SELayer(Recalibrator):
+def pointwise_apply(mean_h: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
+    """``conv2d(mean_h [B, Cin, 1, 1], weight [C, Cin, 1, 1]) + bias [C]`` -> ``[B, C, 1, 1]``."""
+    return F.conv2d(mean_h, weight, bias)
+
+
+def scale_rows(weight: paddle.Tensor, bias: paddle.Tensor, factor: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """The 1x1 conv ``(weight [C, Cin, 1, 1], bias [C])`` with output channel c multiplied by
+    ``factor[c]`` (``factor [C]``)."""
+    return weight * factor.reshape([-1, 1, 1, 1]), bias * factor
+
+
+class MeanAffineRecalibrator(Recalibrator):
+    """A recalibrator ``x -> x * scale + shift`` whose ``scale``/``shift`` depend on the channel
+    means of ``x`` only: subclasses define ``mean_affine(mean [B, C, 1, 1]) -> (scale | None,
+    shift | None)``, each ``[B, C, 1, 1]`` or None, and may override ``inference_affine`` to fold
+    their first linear map into conv3's (see ``Recalibrator``)."""
+
+    def mean_affine(self, mean: paddle.Tensor) -> tuple[paddle.Tensor | None, paddle.Tensor | None]:
+        raise NotImplementedError
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        scale, shift = self.mean_affine(global_mean(x))
+        if scale is not None:
+            x = x * scale
+        return x if shift is None else x + shift
+
+    def inference_affine(self, mean_h: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor,
+                         x: paddle.Tensor) -> tuple[paddle.Tensor | None, paddle.Tensor | None]:
+        """(scale, shift) from conv3's input means (see ``Recalibrator``); ``x`` is not read."""
+        return self.mean_affine(pointwise_apply(mean_h, weight, bias))
+
+
+class SELayer(MeanAffineRecalibrator):
     """Squeeze-and-excitation: ``x * sigmoid(W2 relu(W1 mean_HW(x) + b1) + b2)``, reduction 16.
 
     Parameters: ``fc.0`` C -> C/16, ``fc.2`` C/16 -> C (the reference's Linear layers, with
@@ -91,9 +125,6 @@ class SELayer(Recalibrator):
     def mean_affine(self, mean: paddle.Tensor) -> tuple[paddle.Tensor, None]:
         """(gate [B, C, 1, 1], None) from the channel means ``mean [B, C, 1, 1]``."""
         return F.sigmoid(self.fc(mean)), None
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return x * self.mean_affine(global_mean(x))[0]
 
     def flops(self, in_shape: list[int]) -> int:
         b, c, hw = _spatial(in_shape)
@@ -128,6 +159,24 @@ class SRMLayer(Recalibrator):
         cfc = self.cfc.unsqueeze([2, 3])  # [C, 2, 1, 1]
         z = mean * cfc[:, 0] + std * cfc[:, 1]
         return x * F.sigmoid(self.bn(z))
+
+    def inference_affine(self, mean_h: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor,
+                         x: paddle.Tensor) -> tuple[paddle.Tensor, None]:
+        """(gate, None) in eval mode: ``gate = sigmoid(a0 mean + a1 std + b)`` with ``cfc``, the
+        eval-mode BN and the unbiased-std factor folded into per-channel coefficients; the mean
+        from conv3's input, ``E[x^2]`` from one pass over ``x``. The ``a0 mean + b`` term is a 1x1
+        conv on ``mean_h`` and ``a1 std`` a per-channel (depthwise) 1x1 conv, whose sum and
+        sigmoid Paddle Inference fuses into one op."""
+        n = spatial_size(x, "SRM")
+        c = x.shape[1]
+        mean = pointwise_apply(mean_h, weight, bias)  # [B, C, 1, 1]
+        var = F.relu(global_mean(x * x) - mean * mean)  # biased; clamped against rounding below 0
+        bn = self.bn
+        bn_scale = bn.weight / paddle.sqrt(bn._variance + bn._epsilon)  # [C]
+        w0, b0 = scale_rows(weight, bias, self.cfc[:, 0] * bn_scale)
+        a1 = (self.cfc[:, 1] * bn_scale * math.sqrt(n / (n - 1))).reshape([-1, 1, 1, 1])
+        z = pointwise_apply(mean_h, w0, b0 + bn.bias - bn._mean * bn_scale) + F.conv2d(paddle.sqrt(var), a1, groups=c)
+        return F.sigmoid(z), None
 
     def flops(self, in_shape: list[int]) -> int:
         b, c, hw = _spatial(in_shape)
@@ -173,7 +222,7 @@ class GELayer(Recalibrator):
         return b * c * (2 * hw + 4)
 
 
-class ABLayer(Recalibrator):
+class ABLayer(MeanAffineRecalibrator):
     """Attention bias ("meanrew"): ``x + cfc_c * mean_HW(x)``; ``cfc`` [C] starts at zero,
     so the block is an exact identity at initialisation."""
 
@@ -185,15 +234,17 @@ class ABLayer(Recalibrator):
         """(None, shift [B, C, 1, 1]) from the channel means ``mean [B, C, 1, 1]``."""
         return None, mean * self.cfc.reshape([1, -1, 1, 1])
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return x + self.mean_affine(global_mean(x))[1]
+    def inference_affine(self, mean_h: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor,
+                         x: paddle.Tensor) -> tuple[None, paddle.Tensor]:
+        """(None, shift): ``cfc`` folded into the mean's 1x1 conv, one op per sample."""
+        return None, pointwise_apply(mean_h, *scale_rows(weight, bias, self.cfc))
 
     def flops(self, in_shape: list[int]) -> int:
         b, c, hw = _spatial(in_shape)
         return b * c * (2 * hw + 1)
 
 
-class MultiSELayer(Recalibrator):
+class MultiSELayer(MeanAffineRecalibrator):
     """Multi-style SE: three SE MLPs mixed by a softmax style assignment.
 
     ``y = mean_HW(x)``; ``a = softmax(y Ws^T)`` over 3 styles; ``z_k`` = SE MLP k (reduction
@@ -224,9 +275,6 @@ class MultiSELayer(Recalibrator):
         )
         self.style_assigner = pointwise(channels, n, bias=False)
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return x * self.mean_affine(global_mean(x))[0]
-
     def mean_affine(self, mean: paddle.Tensor) -> tuple[paddle.Tensor, None]:
         """(gate [B, C, 1, 1], None) from the channel means ``mean [B, C, 1, 1]``."""
         n, c = self.branches, self.channels
@@ -237,13 +285,39 @@ class MultiSELayer(Recalibrator):
         gate = paddle.matmul(style.reshape([-1, 1, n]), z.reshape([-1, n, c]))  # sum_k a_k z_k: [B, 1, C]
         return F.sigmoid(gate).reshape([-1, c, 1, 1]), None
 
+    def inference_affine(self, mean_h: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor,
+                         x: paddle.Tensor) -> tuple[paddle.Tensor, None]:
+        """(gate, None) in eval mode as a chain of 1x1 convs, with no reshapes (each a layout
+        reorder in oneDNN) and no matmul.
+
+        ``sum_k a_k z_k = sum_k W2_k (a_k hid_k) + sum_k a_k b2_k``: every branch gets one more
+        hidden unit fixed at 1 (zero weights, bias 1, through the ReLU) whose outgoing weight is
+        the branch's output bias ``b2_k``; the hidden units are scaled by their branch's style
+        weight, and one conv over all branches' units (fc.2's weights side by side) gives the
+        mixed pre-activation.
+        """
+        n, c, h = self.branches, self.channels, self.hidden
+        mean = pointwise_apply(mean_h, weight, bias)  # [B, C, 1, 1]
+        style = F.softmax(self.style_assigner(mean), axis=1)  # [B, n, 1, 1]
+        conv0, conv2 = self.fc[0], self.fc[2]
+        dtype = conv0.weight.dtype
+        w0 = paddle.concat([conv0.weight.reshape([n, h, c]), paddle.zeros([n, 1, c], dtype=dtype)], axis=1)
+        b0 = paddle.concat([conv0.bias.reshape([n, h]), paddle.ones([n, 1], dtype=dtype)], axis=1)
+        hid = F.relu(F.conv2d(mean, w0.reshape([n * (h + 1), c, 1, 1]), b0.reshape([-1])))  # [B, n(h+1), 1, 1]
+        # Unit j of branch k takes a_k: a 0/1 conv from the n style weights.
+        spread = paddle.eye(n, dtype=dtype).unsqueeze(1).tile([1, h + 1, 1]).reshape([n * (h + 1), n, 1, 1])
+        weighted = hid * F.conv2d(style, spread)
+        w2 = paddle.concat([conv2.weight.reshape([n, c, h]), conv2.bias.reshape([n, c, 1])], axis=2)  # [n, C, h+1]
+        w2 = w2.transpose([1, 0, 2]).reshape([c, n * (h + 1), 1, 1])
+        return F.sigmoid(F.conv2d(weighted, w2)), None
+
     def flops(self, in_shape: list[int]) -> int:
         b, c, hw = _spatial(in_shape)
         n, h = self.branches, self.hidden
         return b * (2 * c * hw + n * c + 2 * n * h * c + n * c)
 
 
-class ECALayer(Recalibrator):
+class ECALayer(MeanAffineRecalibrator):
     """Efficient channel attention: a 3-tap Conv1d (no bias) across the channel means, sigmoid.
 
     Parameter ``conv.weight`` [1, 1, 3] (PyTorch default init).
@@ -262,8 +336,24 @@ class ECALayer(Recalibrator):
         z = F.conv2d(mean.reshape([-1, 1, 1, c]), self.conv.weight.unsqueeze(2), padding=[0, (k - 1) // 2])
         return F.sigmoid(z).reshape([-1, c, 1, 1]), None
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return x * self.mean_affine(global_mean(x))[0]
+    def inference_affine(self, mean_h: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor,
+                         x: paddle.Tensor) -> tuple[paddle.Tensor, None]:
+        """(gate, None) with the channel conv folded into the mean's 1x1 conv.
+
+        The Conv1d is linear across channels: ``z[c] = sum_j k[j] m[c + j - p]`` (zero padding
+        p) for ``m = weight * mean_h + bias``, so its taps combine the rows of ``weight`` and
+        ``bias`` into one 1x1 conv, and the gate is one conv + sigmoid per sample.
+        """
+        k = self.conv.weight.reshape([-1])
+        taps = k.shape[0]
+        pad = (taps - 1) // 2
+        c, cin = weight.shape[0], weight.shape[1]
+        rows = paddle.concat([weight.reshape([c, cin]), bias.reshape([c, 1])], axis=1)  # [C, Cin + 1]
+        zeros = paddle.zeros([pad, cin + 1], dtype=rows.dtype)
+        padded = paddle.concat([zeros, rows, zeros], axis=0)  # [C + 2p, Cin + 1]
+        mixed = sum(k[j] * padded[j:j + c] for j in range(taps))  # [C, Cin + 1]
+        z = pointwise_apply(mean_h, mixed[:, :cin].reshape([c, cin, 1, 1]), mixed[:, cin])
+        return F.sigmoid(z), None
 
     def flops(self, in_shape: list[int]) -> int:
         b, c, hw = _spatial(in_shape)
