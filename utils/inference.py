@@ -34,6 +34,7 @@ from datasets.transforms import preprocess
 from utils.deploy import EXPORT_HINT, DeployConfig, ModelFiles, find_model_files
 from utils.errors import UserError
 from utils.logger import get_logger
+from utils.memory import retain_freed_memory
 from utils.prediction import Batch
 
 log = get_logger("infer")
@@ -191,6 +192,7 @@ class Predictor:
         import paddle.inference as paddle_infer
 
         self.files, self.opts, self.deploy = files, opts, deploy
+        retain_freed_memory()  # steady-state runs reuse their pages instead of faulting them in again
         self.config = build_config(files, opts, deploy.img_size, deploy.input_name)
         try:
             with stdout_to_stderr():
