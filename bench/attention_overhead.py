@@ -299,7 +299,7 @@ def format_table(results: dict, blocks: list[str], sizes: list[int], batches: li
     """Markdown table: one row per block, latency overhead per (mode, size, batch)."""
     settings = [(m, s, b) for m in modes for s in sizes for b in batches]
     short = {"predictor": "pred", "dygraph": "dyg"}
-    head = ["block", "params", "GMACs@224", "GMACs@448"] + [f"{short.get(m, m)} {s} b{b}" for m, s, b in settings] + ["paper GPU 224 b1"]
+    head = ["block", "params"] + [f"GMACs@{s}" for s in sizes] + [f"{short.get(m, m)} {s} b{b}" for m, s, b in settings] + ["paper GPU 224 b1"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     def params(name: str) -> str:
         """Parameter delta over the plain model (per size when it depends on it, as GE's)."""
@@ -319,11 +319,11 @@ def format_table(results: dict, blocks: list[str], sizes: list[int], batches: li
         value, base = results["macs"][key], results["macs"][f"{PLAIN}@{size}"]
         return f"{value / 1e9:.2f}" if name == PLAIN else f"{value / 1e9:.2f} ({100 * (value / base - 1):+.1f}%)"
 
-    plain_cells = [PLAIN, f"{results['params'][f'{PLAIN}@{sizes[0]}'] / 1e6:.2f} M", macs(PLAIN, 224), macs(PLAIN, 448)]
+    plain_cells = [PLAIN, f"{results['params'][f'{PLAIN}@{sizes[0]}'] / 1e6:.2f} M"] + [macs(PLAIN, s) for s in sizes]
     plain_cells += [f"{results['ms'][f'{PLAIN}|{m}|{s}|{b}']:.0f} ms" for m, s, b in settings] + ["4.6 ms"]
     rows.append("| " + " | ".join(plain_cells) + " |")
     for name in blocks:
-        cells = [name, params(name), macs(name, 224), macs(name, 448)]
+        cells = [name, params(name)] + [macs(name, s) for s in sizes]
         for m, s, b in settings:
             t, base = results["ms"][f"{name}|{m}|{s}|{b}"], results["ms"][f"{PLAIN}-for-{name}|{m}|{s}|{b}"]
             cells.append(f"{100 * (t / base - 1):+.1f} %")
