@@ -341,17 +341,12 @@ class ECALayer(MeanAffineRecalibrator):
         """(gate, None) with the channel conv folded into the mean's 1x1 conv.
 
         The Conv1d is linear across channels: ``z[c] = sum_j k[j] m[c + j - p]`` (zero padding
-        p) for ``m = weight * mean_h + bias``, so its taps combine the rows of ``weight`` and
-        ``bias`` into one 1x1 conv, and the gate is one conv + sigmoid per sample.
+        p) for ``m = weight * mean_h + bias``, so applied along the channel axis of ``weight``
+        and ``bias`` it gives one 1x1 conv, and the gate is one conv + sigmoid per sample.
         """
-        k = self.conv.weight.reshape([-1])
-        taps = k.shape[0]
-        pad = (taps - 1) // 2
         c, cin = weight.shape[0], weight.shape[1]
         rows = paddle.concat([weight.reshape([c, cin]), bias.reshape([c, 1])], axis=1)  # [C, Cin + 1]
-        zeros = paddle.zeros([pad, cin + 1], dtype=rows.dtype)
-        padded = paddle.concat([zeros, rows, zeros], axis=0)  # [C + 2p, Cin + 1]
-        mixed = sum(k[j] * padded[j:j + c] for j in range(taps))  # [C, Cin + 1]
+        mixed = self.conv(rows.t().unsqueeze(1)).squeeze(1).t()  # the Conv1d along C, per column: [C, Cin + 1]
         z = pointwise_apply(mean_h, mixed[:, :cin].reshape([c, cin, 1, 1]), mixed[:, cin])
         return F.sigmoid(z), None
 
