@@ -185,7 +185,8 @@ def _worker(conn, model_name: str, num_cls: int, name: str, size: int, mode: str
 def _time_group(args: argparse.Namespace, names: list[str], size: int, mode: str, batches: list[int], workdir: str) -> dict:
     """Round-robin timing of ``names`` (each in ``args.replicas`` processes) at one size and mode.
 
-    Returns ``{batch: {name: [per-replica list of run times in ms]}}`` and page faults."""
+    Returns ``{batch: (iters, {name: {"runs_ms": [one list of run times per process],
+    "faults_per_run": [one figure per process]}})}``."""
     ctx = mp.get_context("spawn")
     workers = []  # (name, connection, process)
     for replica in range(args.replicas):

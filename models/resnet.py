@@ -19,6 +19,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from models.attention.base import fold_batch_norm
 from utils.errors import UserError
 
 # A factory building a recalibrator for a block: (channels, stage 1..4) -> Layer or None.
@@ -152,14 +153,6 @@ class BottleneckBlock(_ResidualBlock):
         if scale is not None:
             out = out * scale
         return self.relu(out + identity)
-
-
-def fold_batch_norm(weight: paddle.Tensor, bn: nn.BatchNorm2D) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """A bias-free conv ``weight [C, Cin, kh, kw]`` followed by ``bn`` (eval mode, running
-    statistics) as one conv: ``(weight * s, beta - running_mean * s)`` with
-    ``s = gamma / sqrt(running_var + eps)``; returns ``([C, Cin, kh, kw], [C])``."""
-    scale = bn.weight / paddle.sqrt(bn._variance + bn._epsilon)
-    return weight * scale.reshape([-1, 1, 1, 1]), bn.bias - bn._mean * scale
 
 
 RESNET_SPECS: dict[int, tuple[type[_ResidualBlock], list[int]]] = {

@@ -120,6 +120,21 @@ class AttentionSpec:
         return layer
 
 
+# ----------------------------------------------------------------------------- eval-mode folding
+def batch_norm_affine(bn: nn.BatchNorm2D) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """``bn`` in eval mode as ``x * scale + shift`` (running statistics): ``scale = gamma /
+    sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``, each ``[C]``."""
+    scale = bn.weight / paddle.sqrt(bn._variance + bn._epsilon)
+    return scale, bn.bias - bn._mean * scale
+
+
+def fold_batch_norm(weight: paddle.Tensor, bn: nn.BatchNorm2D) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """A bias-free conv ``weight [C, Cin, kh, kw]`` followed by ``bn`` (eval mode) as one conv:
+    returns ``(weight [C, Cin, kh, kw], bias [C])``."""
+    scale, shift = batch_norm_affine(bn)
+    return weight * scale.reshape([-1, 1, 1, 1]), shift
+
+
 # ----------------------------------------------------------------------------- initialisers
 def uniform_attr(bound: float) -> paddle.ParamAttr:
     """U(-bound, bound)."""

@@ -21,6 +21,7 @@ from paddle import nn
 from models.attention.base import (
     BlockContext,
     Recalibrator,
+    batch_norm_affine,
     constant_attr,
     he_normal_fan_out_attr,
     stage_resolution,
@@ -76,11 +77,6 @@ def pointwise(cin: int, cout: int, bias: bool = True, groups: int = 1) -> nn.Con
                      bias_attr=torch_default_attr(fan_in) if bias else False)
 
 
-def pointwise_apply(mean_h: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
-    """``conv2d(mean_h [B, Cin, 1, 1], weight [C, Cin, 1, 1]) + bias [C]`` -> ``[B, C, 1, 1]``."""
-    return F.conv2d(mean_h, weight, bias)
-
-
 def scale_rows(weight: paddle.Tensor, bias: paddle.Tensor, factor: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
     """The 1x1 conv ``(weight [C, Cin, 1, 1], bias [C])`` with output channel c multiplied by
     ``factor[c]`` (``factor [C]``)."""
@@ -105,7 +101,7 @@ class MeanAffineRecalibrator(Recalibrator):
     def inference_affine(self, mean_h: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor,
                          x: paddle.Tensor) -> tuple[paddle.Tensor | None, paddle.Tensor | None]:
         """(scale, shift) from conv3's input means (see ``Recalibrator``); ``x`` is not read."""
-        return self.mean_affine(pointwise_apply(mean_h, weight, bias))
+        return self.mean_affine(F.conv2d(mean_h, weight, bias))
 
 
 class SELayer(MeanAffineRecalibrator):
@@ -169,13 +165,12 @@ class SRMLayer(Recalibrator):
         sigmoid Paddle Inference fuses into one op."""
         n = spatial_size(x, "SRM")
         c = x.shape[1]
-        mean = pointwise_apply(mean_h, weight, bias)  # [B, C, 1, 1]
+        mean = F.conv2d(mean_h, weight, bias)  # [B, C, 1, 1]
         var = F.relu(global_mean(x * x) - mean * mean)  # biased; clamped against rounding below 0
-        bn = self.bn
-        bn_scale = bn.weight / paddle.sqrt(bn._variance + bn._epsilon)  # [C]
+        bn_scale, bn_shift = batch_norm_affine(self.bn)  # [C] each
         w0, b0 = scale_rows(weight, bias, self.cfc[:, 0] * bn_scale)
         a1 = (self.cfc[:, 1] * bn_scale * math.sqrt(n / (n - 1))).reshape([-1, 1, 1, 1])
-        z = pointwise_apply(mean_h, w0, b0 + bn.bias - bn._mean * bn_scale) + F.conv2d(paddle.sqrt(var), a1, groups=c)
+        z = F.conv2d(mean_h, w0, b0 + bn_shift) + F.conv2d(paddle.sqrt(var), a1, groups=c)
         return F.sigmoid(z), None
 
     def flops(self, in_shape: list[int]) -> int:
@@ -237,7 +232,7 @@ class ABLayer(MeanAffineRecalibrator):
     def inference_affine(self, mean_h: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor,
                          x: paddle.Tensor) -> tuple[None, paddle.Tensor]:
         """(None, shift): ``cfc`` folded into the mean's 1x1 conv, one op per sample."""
-        return None, pointwise_apply(mean_h, *scale_rows(weight, bias, self.cfc))
+        return None, F.conv2d(mean_h, *scale_rows(weight, bias, self.cfc))
 
     def flops(self, in_shape: list[int]) -> int:
         b, c, hw = _spatial(in_shape)
@@ -297,7 +292,7 @@ class MultiSELayer(MeanAffineRecalibrator):
         mixed pre-activation.
         """
         n, c, h = self.branches, self.channels, self.hidden
-        mean = pointwise_apply(mean_h, weight, bias)  # [B, C, 1, 1]
+        mean = F.conv2d(mean_h, weight, bias)  # [B, C, 1, 1]
         style = F.softmax(self.style_assigner(mean), axis=1)  # [B, n, 1, 1]
         conv0, conv2 = self.fc[0], self.fc[2]
         dtype = conv0.weight.dtype
@@ -347,7 +342,7 @@ class ECALayer(MeanAffineRecalibrator):
         c, cin = weight.shape[0], weight.shape[1]
         rows = paddle.concat([weight.reshape([c, cin]), bias.reshape([c, 1])], axis=1)  # [C, Cin + 1]
         mixed = self.conv(rows.t().unsqueeze(1)).squeeze(1).t()  # the Conv1d along C, per column: [C, Cin + 1]
-        z = pointwise_apply(mean_h, mixed[:, :cin].reshape([c, cin, 1, 1]), mixed[:, cin])
+        z = F.conv2d(mean_h, mixed[:, :cin].reshape([c, cin, 1, 1]), mixed[:, cin])
         return F.sigmoid(z), None
 
     def flops(self, in_shape: list[int]) -> int:
