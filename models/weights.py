@@ -85,7 +85,8 @@ def resolve_weights(spec: str, model_name: str) -> Path:
         spec: a path, an http(s) URL, or ``imagenet``.
         model_name: the registered model name (chooses the ImageNet weights).
     Returns:
-        the local path of the weights file.
+        the local path of the weights file. A folder (e.g. a training run's save_dir) is a
+        UserError listing the checkpoint files in it, never a guess among them.
     """
     if spec.lower() == "imagenet":
         if model_name not in IMAGENET_WEIGHTS:
@@ -95,17 +96,25 @@ def resolve_weights(spec: str, model_name: str) -> Path:
     if spec.startswith(("http://", "https://")):
         return download_weights(spec)
     path = Path(spec).expanduser()
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pdparams", *TORCH_SUFFIXES) and p.is_file())
+        if not found:
+            raise UserError(f"{path} is a folder with no weights file (.pdparams/.pth) in it; pass the path of a checkpoint file")
+        listed = ", ".join(str(p) for p in found[:6]) + (f" (and {len(found) - 6} more)" if len(found) > 6 else "")
+        raise UserError(f"{path} is a folder, not a weights file; pass one of its checkpoints: {listed}")
     if not path.is_file():
         raise UserError(f"weights file not found: {path} (give a .pdparams/.pth path, an http(s) URL or 'imagenet')")
     return path
 
 
 def read_paddle_state(path: Path) -> dict[str, Any]:
-    """Read a ``.pdparams`` file into name -> Tensor/array (UserError if it is not one)."""
-    try:
-        state = paddle.load(str(path))
-    except Exception as exc:
-        raise UserError(f"cannot read {path} as Paddle weights ({type(exc).__name__}: {exc})") from None
+    """Read a ``.pdparams`` file safely (nothing in it runs) into name -> array.
+
+    UserError if it is not a Paddle state dict; UnsafePickleError if it asks for code.
+    """
+    from utils.paddle_io import load_paddle
+
+    state = load_paddle(path, return_numpy=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not state:

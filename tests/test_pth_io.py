@@ -7,11 +7,14 @@ as plain ``c<module>\\n<name>\\n`` text) are renamed to the torch names.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copyreg
 import os
 import pickle
 import struct
+import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -467,3 +470,183 @@ def test_save_load_extract_end_to_end(tmp_path):
     assert list(got) == list(sd)
     for k in sd:
         assert_same(got[k], sd[k])
+
+
+# ----------------------------------------------------------------------------- memory limits (malicious sizes)
+
+
+@contextlib.contextmanager
+def peak_traced_memory():
+    """Yield a dict whose ``peak`` is set to the peak bytes traced (Python + numpy) inside the block."""
+    result = {"peak": 0}
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        yield result
+    finally:
+        result["peak"] = tracemalloc.get_traced_memory()[1] - base
+        if not was_tracing:
+            tracemalloc.stop()
+
+
+SMALL = 32 << 20  # far below what the malicious files below ask for (>= 256 MiB)
+
+
+def deflate_zeros(nbytes: int) -> tuple[bytes, int]:
+    """A raw deflate stream of ``nbytes`` zero bytes and their CRC-32, built in ~1 KB per MiB.
+
+    After a full flush the compressor state is reset, so every further MiB of zeros
+    compresses to the same block; it is computed once and repeated.
+    """
+    mib = bytes(1 << 20)
+    assert nbytes % len(mib) == 0
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = comp.compress(mib) + comp.flush(zlib.Z_FULL_FLUSH)
+    assert comp.compress(mib) + comp.flush(zlib.Z_FULL_FLUSH) == block
+    crc = 0
+    for _ in range(nbytes // len(mib)):
+        crc = zlib.crc32(mib, crc)
+    return block * (nbytes // len(mib)) + comp.flush(), crc
+
+
+def write_raw_zip(path: Path, records: list[tuple[str, bytes, int, int, int]]) -> Path:
+    """Write a zip whose records are given already compressed: (name, payload, method, crc, size).
+
+    Lets a test declare any uncompressed size, as a hostile file can.
+    """
+    out, central = bytearray(), bytearray()
+    for name, payload, method, crc, size in records:
+        raw_name = name.encode()
+        offset = len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(payload), size,
+                           len(raw_name), 0) + raw_name + payload
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(payload),
+                               size, len(raw_name), 0, 0, 0, 0, 0, offset) + raw_name
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(records), len(records), len(central), len(out), 0)
+    path.write_bytes(bytes(out + central + end))
+    return path
+
+
+def stored(name: str, payload: bytes) -> tuple[str, bytes, int, int, int]:
+    return (name, payload, zipfile.ZIP_STORED, zlib.crc32(payload), len(payload))
+
+
+def test_stride0_view_bomb_refused_before_allocating(tmp_path):
+    # One float in the file, viewed as 10000 x 10000 with stride 0: 400 MB if materialised.
+    pkl = torch_like_pickle({"w": Tensor(Storage("0", FloatStorage, 1), 0, (10000, 10000), (0, 0))})
+    path = write_archive(tmp_path / "bomb.pth", pkl, {"0": np.ones(1, "<f4").tobytes()})
+    assert path.stat().st_size < 1000
+    with peak_traced_memory() as mem, pytest.raises(UserError) as info:
+        load_pth(path)
+    msg = str(info.value)
+    assert "bomb.pth" in msg and "malformed or malicious" in msg and "(10000, 10000)" in msg
+    assert "400,000,000 bytes" in msg and "nothing from the file was run" in msg
+    assert mem["peak"] < SMALL
+
+
+def test_many_views_of_one_storage_limited_in_total(tmp_path, monkeypatch):
+    """Each view fits its storage, but together they exceed what the file can justify."""
+    import utils.pth_io as pth_io
+
+    monkeypatch.setattr(pth_io, "_EXPANSION_SLACK", 0)  # budget = 16 x file size
+    st = Storage("0", FloatStorage, 4096)
+    pkl = torch_like_pickle([Tensor(st, 0, (4096,), (1,)) for _ in range(40)])
+    path = write_archive(tmp_path / "views.pth", pkl, {"0": np.zeros(4096, "<f4").tobytes()})
+    with pytest.raises(UserError, match=r"views\.pth: .*malformed or malicious: a tensor of shape \(4096,\)"):
+        load_pth(path)
+    # the same file with fewer views (within 16 x its size) loads
+    pkl = torch_like_pickle([Tensor(st, 0, (4096,), (1,)) for _ in range(8)])
+    path = write_archive(tmp_path / "ok.pth", pkl, {"0": np.zeros(4096, "<f4").tobytes()})
+    assert len(load_pth(path)) == 8
+
+
+def test_deflated_storage_bomb_refused_before_reading(tmp_path):
+    numel = 64 << 20  # 256 MiB of float32 zeros, ~260 KB deflated
+    stream, crc = deflate_zeros(numel * 4)
+    pkl = torch_like_pickle({"w": Tensor(Storage("0", FloatStorage, numel), 0, (numel,), (1,))})
+    path = write_raw_zip(tmp_path / "zipbomb.pth", [
+        stored("m/data.pkl", pkl), stored("m/byteorder", b"little"),
+        ("m/data/0", stream, zipfile.ZIP_DEFLATED, crc, numel * 4), stored("m/version", b"3\n"),
+    ])
+    assert path.stat().st_size < 400_000
+    with peak_traced_memory() as mem, pytest.raises(UserError) as info:
+        load_pth(path)
+    msg = str(info.value)
+    assert "zipbomb.pth" in msg and "malformed or malicious" in msg and "storage record m/data/0" in msg
+    assert mem["peak"] < SMALL
+
+
+def test_deflated_pickle_bomb_refused_before_reading(tmp_path):
+    stream, crc = deflate_zeros(256 << 20)
+    path = write_raw_zip(tmp_path / "pklbomb.pth", [("m/data.pkl", stream, zipfile.ZIP_DEFLATED, crc, 256 << 20)])
+    with peak_traced_memory() as mem, pytest.raises(UserError, match=r"pklbomb\.pth: .*malicious: the pickle record m/data\.pkl"):
+        load_pth(path)
+    assert mem["peak"] < SMALL
+
+
+def test_record_holding_more_than_declared_is_read_only_up_to_declared_size(tmp_path):
+    # data/0 declares 4 bytes (one float) but its deflate stream expands to 256 MiB.
+    stream, _ = deflate_zeros(256 << 20)
+    pkl = torch_like_pickle({"w": Tensor(Storage("0", FloatStorage, 1), 0, (1,), (1,))})
+    path = write_raw_zip(tmp_path / "liar.pth", [
+        stored("m/data.pkl", pkl), ("m/data/0", stream, zipfile.ZIP_DEFLATED, zlib.crc32(bytes(4)), 4),
+    ])
+    with peak_traced_memory() as mem:
+        out = load_pth(path)
+    assert_same(out["w"], np.zeros(1, np.float32))
+    assert mem["peak"] < SMALL
+
+
+def test_declared_size_checked_before_reading(tmp_path):
+    pkl = torch_like_pickle({"w": Tensor(Storage("0", FloatStorage, 2), 0, (2,), (1,))})
+    stream, crc = deflate_zeros(256 << 20)  # declares 256 MiB where 8 bytes are expected
+    path = write_raw_zip(tmp_path / "size.pth", [
+        stored("m/data.pkl", pkl), ("m/data/0", stream, zipfile.ZIP_DEFLATED, crc, 256 << 20),
+    ])
+    with peak_traced_memory() as mem, pytest.raises(UserError, match=r"size\.pth: corrupt checkpoint: m/data/0 declares 268435456 bytes, expected 2 x 4"):
+        load_pth(path)
+    assert mem["peak"] < SMALL
+
+
+@pytest.mark.parametrize("method, name", [(zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "lzma")])
+def test_bzip2_and_lzma_records_refused(tmp_path, method, name):
+    path = tmp_path / "c.pth"
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        zf.writestr("m/data.pkl", pickle.dumps({"a": 1}, protocol=2))
+    with pytest.raises(UserError, match=rf"c\.pth: .*m/data\.pkl is {name}-compressed"):
+        load_pth(path)
+
+
+def test_deflated_genuine_archive_still_loads(tmp_path):
+    w = np.arange(12, dtype="<f4").reshape(3, 4)
+    pkl = torch_like_pickle({"w": Tensor(Storage("0", FloatStorage, 12), 0, (3, 4), (4, 1))})
+    path = tmp_path / "deflated.pth"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("m/data.pkl", pkl)
+        zf.writestr("m/byteorder", "little")
+        zf.writestr("m/data/0", w.tobytes())
+    assert_same(load_pth(path)["w"], w)
+
+
+def test_save_pth_files_load_bit_identically(tmp_path, monkeypatch):
+    import utils.pth_io as pth_io
+
+    monkeypatch.setattr(pth_io, "_READ_CHUNK", 1000)  # many chunks, none aligned to an element
+    rng = np.random.default_rng(1)
+    sd = collections.OrderedDict(
+        # random bit patterns: NaNs with payloads, signalling NaNs, -0.0, subnormals, inf
+        f32=rng.integers(0, 2**32, 5000, dtype=np.uint32).view(np.float32).reshape(50, 100),
+        f16=rng.integers(0, 2**16, 777, dtype=np.uint16).view(np.float16),
+        f64=rng.integers(0, 2**63, 300, dtype=np.uint64).view(np.float64),
+        i64=rng.integers(-2**63, 2**63 - 1, 10, dtype=np.int64),
+        u8=rng.integers(0, 256, 4099, dtype=np.uint8),
+    )
+    path = tmp_path / "bits.pth"
+    save_pth(sd, path)
+    out = load_pth(path)
+    for k, v in sd.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape
+        assert out[k].tobytes() == v.tobytes(), k

@@ -14,7 +14,8 @@ checkpoint with plain ``pickle``/``torch.load`` can run arbitrary code. :func:`l
 therefore unpickles with an allow-list: only the few torch names needed to rebuild dense
 tensors, ``collections.OrderedDict`` and plain pickle data (dict, list, tuple, str, int,
 float, bool, None) are accepted. Every other global is refused *before* it is imported,
-with :class:`UnsafePickleError`. Tensors come back as contiguous ``numpy.ndarray``.
+with :class:`UnsafePickleError` (the allow-list unpickler of :mod:`utils.safe_pickle`, shared
+with the Paddle checkpoint reader). Tensors come back as contiguous ``numpy.ndarray``.
 
 Notes:
     * ``bfloat16`` has no numpy dtype: such tensors are converted to ``float32`` (exact, as
@@ -24,6 +25,26 @@ Notes:
       objects and the legacy (pre-1.6, non-zip) format are not supported: re-save the
       weights with ``torch.save(model.state_dict(), path)``.
 
+Memory limits (a small file must not be able to ask for huge memory):
+    * Every zip record is checked *before* it is read: a storage record must declare exactly
+      ``numel * itemsize`` uncompressed bytes, ``byteorder`` at most 16 bytes; records are
+      then read in chunks that never exceed the declared size. Only stored (what torch
+      writes) and deflated records are accepted: zipfile cannot bound the output of its
+      bzip2/lzma decompressors, so those are refused.
+    * One budget per load ties everything allocated for the file's contents to the bytes
+      really in the file: the declared uncompressed sizes of the records read (``data.pkl``
+      and each storage) plus the bytes of every rebuilt array may total at most
+      ``16 x file size + 64 MiB``. Each amount is charged before it is read or allocated;
+      exceeding the budget raises :class:`UserError` ("malformed or malicious"). A genuine
+      torch file needs about 2x its size (records once, arrays once; bfloat16 -> float32,
+      tensors sharing a storage and broadcast views add a little); 16x leaves ample room
+      for that and for a deflate-recompressed archive, while a zip bomb (a 1 MB deflated
+      record declaring GBs) or a stride-0 view of a one-element storage (a 600-byte file
+      asking for a 20000 x 20000 array) is refused with nothing allocated. The rule is on
+      the total rather than "no view larger than its storage" because genuine torch files
+      hold broadcast views (``expand``: stride 0) larger than their storage, and because
+      many views of one large storage would otherwise still multiply memory.
+
 :func:`save_pth` writes numpy arrays (in nested dicts/lists/tuples) in the same format,
 readable by ``torch.load(path, weights_only=True)``; :func:`extract_state_dict` pulls the
 name -> array mapping out of a loaded checkpoint.
@@ -31,11 +52,10 @@ name -> array mapping out of a loaded checkpoint.
 from __future__ import annotations
 
 import collections
-import copyreg
 import io
+import math
 import os
 import pickle
-import pickletools
 import struct
 import zipfile
 from pathlib import Path
@@ -44,6 +64,7 @@ from typing import Any, Callable
 import numpy as np
 
 from utils.errors import UserError
+from utils.safe_pickle import AllowListUnpickler, UnsafePickleError, refuse_extension_opcodes
 
 __all__ = ["UnsafePickleError", "load_pth", "save_pth", "extract_state_dict"]
 
@@ -54,10 +75,6 @@ _RESAVE_HINT = (
 
 # Keys under which training checkpoints commonly keep the weights, in order of preference.
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema")
-
-
-class UnsafePickleError(UserError):
-    """The checkpoint's pickle asks for something outside the tensor/container allow-list."""
 
 
 # --------------------------------------------------------------------------------------
@@ -73,14 +90,22 @@ class _StorageType:
         dtype: numpy dtype of the raw little-endian elements (``bfloat16`` is read as
             ``uint16`` and ``bool`` as ``uint8``, then converted, see ``convert``).
         convert: applied to the rebuilt array (bfloat16 -> float32, bytes -> bool), or None.
+        out_itemsize: bytes per element of the rebuilt array (after ``convert``).
     """
 
-    __slots__ = ("name", "dtype", "convert")
+    __slots__ = ("name", "dtype", "convert", "out_itemsize")
 
-    def __init__(self, name: str, dtype: str, convert: Callable[[np.ndarray], np.ndarray] | None = None):
+    def __init__(
+        self,
+        name: str,
+        dtype: str,
+        convert: Callable[[np.ndarray], np.ndarray] | None = None,
+        out_itemsize: int | None = None,
+    ):
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "dtype", np.dtype(dtype))
         object.__setattr__(self, "convert", convert)
+        object.__setattr__(self, "out_itemsize", out_itemsize or np.dtype(dtype).itemsize)
 
     def __setattr__(self, key: str, value: Any) -> None:  # BUILD opcodes cannot alter it
         raise UnsafePickleError("checkpoint pickle tried to modify a storage type")
@@ -97,7 +122,9 @@ class _StorageType:
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) -> float32 (exact: bfloat16 is the top half of float32)."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    wide = raw.astype(np.uint32)
+    wide <<= 16  # in place: one float32-sized buffer, not two
+    return wide.view(np.float32)
 
 
 def _bytes_to_bool(raw: np.ndarray) -> np.ndarray:
@@ -111,7 +138,7 @@ _STORAGE_TYPES: dict[str, _StorageType] = {
         _StorageType("FloatStorage", "<f4"),
         _StorageType("DoubleStorage", "<f8"),
         _StorageType("HalfStorage", "<f2"),
-        _StorageType("BFloat16Storage", "<u2", _bf16_to_f32),
+        _StorageType("BFloat16Storage", "<u2", _bf16_to_f32, out_itemsize=4),
         _StorageType("LongStorage", "<i8"),
         _StorageType("IntStorage", "<i4"),
         _StorageType("ShortStorage", "<i2"),
@@ -135,14 +162,54 @@ _SAVE_STORAGE: dict[str, str] = {
 }
 
 
+_EXPANSION_FACTOR = 16
+"""A load may allocate at most this many times the file's size (plus the slack below)."""
+_EXPANSION_SLACK = 64 << 20
+"""Bytes every load may use on top of ``_EXPANSION_FACTOR x file size`` (small files)."""
+_READ_CHUNK = 16 << 20
+"""Records are decompressed in pieces of at most this many bytes."""
+
+
+class _MemoryBudget:
+    """The bytes one :func:`load_pth` call may still allocate for the file's contents.
+
+    Charged with each record's declared uncompressed size before reading it and with each
+    rebuilt array's size before allocating it; see the module docstring.
+    """
+
+    __slots__ = ("path", "file_size", "limit", "used")
+
+    def __init__(self, path: Path, file_size: int):
+        """Args: path: the checkpoint (for messages); file_size: its size in bytes."""
+        self.path = path
+        self.file_size = file_size
+        self.limit = _EXPANSION_FACTOR * file_size + _EXPANSION_SLACK
+        self.used = 0
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Reserve ``nbytes`` for ``what``; raise :class:`UserError` if over the limit."""
+        if self.used + nbytes > self.limit:
+            raise UserError(
+                f"{self.path}: refusing to load this checkpoint: it is malformed or malicious: "
+                f"{what} would need {nbytes:,} bytes, but a {self.file_size:,}-byte checkpoint may "
+                f"expand to at most {self.limit:,} bytes in all ({_EXPANSION_FACTOR} x its size + "
+                f"{_EXPANSION_SLACK >> 20} MiB; {self.used:,} already used). It was refused before "
+                f"that memory was allocated and nothing from the file was run. A genuine torch.save "
+                f"file never needs this much: check where the file came from."
+            )
+        self.used += nbytes
+
+
 class _Storage:
-    """A storage read from ``data/<key>``: a flat read-only array of ``stype`` elements."""
+    """A storage read from ``data/<key>``: a flat read-only array of ``stype`` elements,
+    with the load's memory budget (charged by every tensor built from it)."""
 
-    __slots__ = ("stype", "array")
+    __slots__ = ("stype", "array", "budget")
 
-    def __init__(self, stype: _StorageType, array: np.ndarray):
+    def __init__(self, stype: _StorageType, array: np.ndarray, budget: _MemoryBudget):
         object.__setattr__(self, "stype", stype)
         object.__setattr__(self, "array", array)
+        object.__setattr__(self, "budget", budget)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise UnsafePickleError("checkpoint pickle tried to modify a tensor storage")
@@ -178,6 +245,8 @@ def _build_array(storage: Any, storage_offset: Any, size: Any, stride: Any) -> n
         a new C-contiguous, writable array (bfloat16 -> float32, bool as ``np.bool_``).
     Raises:
         ValueError: malformed arguments or a view reaching outside the storage.
+        UserError: the array would exceed the load's memory budget (checked before
+            anything is allocated).
     """
     if not isinstance(storage, _Storage):
         raise ValueError(f"tensor storage must come from a persistent id, got {type(storage).__name__}")
@@ -190,15 +259,22 @@ def _build_array(storage: Any, storage_offset: Any, size: Any, stride: Any) -> n
     if any(s < 0 for s in size) or any(s < 0 for s in stride):
         raise ValueError(f"negative tensor size/stride {size} / {stride}")
     flat = storage.array
-    if 0 in size:
-        out = np.empty(size, dtype=flat.dtype)
-    else:
+    if 0 not in size:
         last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= flat.shape[0]:
             raise ValueError(
                 f"tensor view (offset {storage_offset}, size {size}, stride {stride}) reaches "
                 f"element {last} of a storage holding {flat.shape[0]}"
             )
+    # Python ints: no overflow. Charged before allocating (stride-0 views can ask for far
+    # more elements than the storage holds).
+    storage.budget.charge(
+        math.prod(size) * storage.stype.out_itemsize,
+        f"a tensor of shape {str(size)[:80]} ({storage.stype.name}, strides {str(stride)[:80]})",
+    )
+    if 0 in size:
+        out = np.empty(size, dtype=flat.dtype)
+    else:
         item = flat.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[storage_offset:],
@@ -253,9 +329,6 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **{("torch", name): stype for name, stype in _STORAGE_TYPES.items()},
 }
 
-_EXT_OPCODES = {"EXT1", "EXT2", "EXT4"}
-
-
 def _refusal(path: Path, what: str) -> UnsafePickleError:
     hint = ""
     if what.startswith("torch"):
@@ -270,67 +343,25 @@ def _refusal(path: Path, what: str) -> UnsafePickleError:
     )
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that rebuilds tensors and plain containers only.
+def _storage_loader(path: Path, read_storage: Callable[[str, _StorageType, int], _Storage]) -> Callable[[Any], _Storage]:
+    """The persistent-id handler of a torch pickle: ``("storage", type, key, location, numel)``
+    ids become storages read by ``read_storage``; any other id is refused."""
 
-    ``find_class`` is the single gate through which CPython's unpickler resolves names
-    (GLOBAL, STACK_GLOBAL, INST, and EXT* codes not yet cached); everything not in
-    ``_ALLOWED_GLOBALS`` raises :class:`UnsafePickleError`. EXT* opcodes are rejected even
-    earlier by :func:`_scan_opcodes` because a code already in ``copyreg``'s cache skips
-    ``find_class``.
-    """
-
-    def __init__(
-        self,
-        file: io.BytesIO,
-        path: Path,
-        read_storage: Callable[[str, _StorageType, int], _Storage],
-    ):
-        """Args: file: the data.pkl bytes; path: checkpoint (for messages);
-        read_storage: ``(key, storage type, numel) -> _Storage`` reading ``data/<key>``."""
-        super().__init__(file, encoding="utf-8")
-        self._path = path
-        self._read_storage = read_storage
-
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - see class doc
-        obj = _ALLOWED_GLOBALS.get((module, name))
-        if obj is None:
-            raise _refusal(self._path, f"{module}.{name}")
-        return obj
-
-    def persistent_load(self, pid: Any) -> _Storage:  # noqa: D102
+    def persistent_load(pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             kind = pid[0] if isinstance(pid, tuple) and pid else pid
             raise UnsafePickleError(
-                f"{self._path}: refusing to load this checkpoint: unsupported pickle persistent id "
+                f"{path}: refusing to load this checkpoint: unsupported pickle persistent id "
                 f"{str(kind)[:60]!r} (only tensor storages are allowed). {_RESAVE_HINT}"
             )
         _, stype, key, _location, numel = pid
         if not isinstance(stype, _StorageType):
-            raise UserError(f"{self._path}: corrupt checkpoint: storage type {stype!r} is not a torch storage")
+            raise UserError(f"{path}: corrupt checkpoint: storage type {stype!r} is not a torch storage")
         if not isinstance(key, str) or not _is_int(numel) or numel < 0:
-            raise UserError(f"{self._path}: corrupt checkpoint: bad storage id {str(pid)[:120]}")
-        return self._read_storage(key, stype, numel)
+            raise UserError(f"{path}: corrupt checkpoint: bad storage id {str(pid)[:120]}")
+        return read_storage(key, stype, numel)
 
-
-def _scan_opcodes(data: bytes, path: Path) -> None:
-    """Refuse pickle extension-registry opcodes before anything is unpickled.
-
-    ``EXT1/EXT2/EXT4`` name globals through ``copyreg``'s extension registry; a code already
-    resolved once in this process is served from ``copyreg._extension_cache`` without
-    calling ``find_class``. torch never writes them, so they are refused outright.
-    ``pickletools.genops`` only parses; it never imports or calls anything.
-    """
-    try:
-        for op, arg, _pos in pickletools.genops(data):
-            if op.name in _EXT_OPCODES:
-                target = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
-                what = f"{target[0]}.{target[1]}" if target else f"pickle extension code {arg}"
-                raise _refusal(path, what)
-    except UnsafePickleError:
-        raise
-    except Exception as exc:  # malformed opcode stream
-        raise UserError(f"{path}: corrupt checkpoint: data.pkl is not a valid pickle ({exc})") from exc
+    return persistent_load
 
 
 # --------------------------------------------------------------------------------------
@@ -379,6 +410,50 @@ def _check_not_legacy(path: Path) -> None:
     )
 
 
+_COMPRESSION_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+
+
+def _record_info(zf: zipfile.ZipFile, name: str, path: Path) -> zipfile.ZipInfo:
+    """The zip entry ``name``, refused unless stored or deflated (see module docstring)."""
+    info = zf.getinfo(name)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        method = _COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
+        raise UserError(
+            f"{path}: refusing to load this checkpoint: record {name} is {method}-compressed; "
+            f"torch.save writes records uncompressed, and the size of {method} output cannot "
+            f"be bounded while reading. Re-save the weights with torch.save, or re-zip the "
+            f"archive without compression (zip -0)."
+        )
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise UserError(
+            f"{path}: corrupt checkpoint: stored record {name} declares {info.file_size} bytes "
+            f"but holds {info.compress_size}"
+        )
+    return info
+
+
+def _read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytearray:
+    """Read exactly ``info.file_size`` bytes of a record, decompressing at most
+    :data:`_READ_CHUNK` bytes at a time (zipfile stops at the declared size and checks the
+    CRC when it gets there). The caller has checked and charged the declared size."""
+    out = bytearray(info.file_size)
+    view = memoryview(out)
+    pos = 0
+    with zf.open(info) as fh:
+        while pos < len(out):
+            chunk = fh.read(min(_READ_CHUNK, len(out) - pos))
+            if not chunk:
+                break
+            view[pos: pos + len(chunk)] = chunk
+            pos += len(chunk)
+    if pos != len(out):
+        raise UserError(
+            f"{path}: truncated or corrupt checkpoint: record {info.filename} holds {pos} bytes, "
+            f"its header declares {len(out)}"
+        )
+    return out
+
+
 def load_pth(path: str | os.PathLike[str]) -> Any:
     """Load a ``torch.save`` zip checkpoint safely, tensors as numpy arrays.
 
@@ -392,21 +467,36 @@ def load_pth(path: str | os.PathLike[str]) -> Any:
         UnsafePickleError: the pickle references a global outside the allow-list (nothing
             outside the allow-list is imported or called).
         UserError: missing/empty file, legacy or non-zip format (never unpickled), no
-            ``data.pkl``, truncated or corrupt archive or pickle.
+            ``data.pkl``, truncated or corrupt archive or pickle; a bzip2/lzma-compressed
+            record; contents that would need more memory than the file can justify
+            (``16 x file size + 64 MiB``, see the module docstring), refused before reading
+            or allocating it.
     """
     path = Path(path)
     _check_not_legacy(path)
     try:
+        budget = _MemoryBudget(path, path.stat().st_size)
         with zipfile.ZipFile(path) as zf:
             prefix = _find_data_pkl(zf, path)
             names = set(zf.namelist())
             byteorder = "little"
             if f"{prefix}/byteorder" in names:
-                byteorder = zf.read(f"{prefix}/byteorder").decode("ascii", "replace").strip()
+                info = _record_info(zf, f"{prefix}/byteorder", path)
+                if info.file_size > 16:
+                    raise UserError(
+                        f"{path}: corrupt checkpoint: {info.filename} declares {info.file_size} "
+                        f"bytes (expected 'little' or 'big')"
+                    )
+                byteorder = _read_record(zf, info, path).decode("ascii", "replace").strip()
                 if byteorder not in ("little", "big"):
                     raise UserError(f"{path}: corrupt checkpoint: unknown byteorder {byteorder!r}")
-            data = zf.read(f"{prefix}/data.pkl")
-            _scan_opcodes(data, path)
+            info = _record_info(zf, f"{prefix}/data.pkl", path)
+            budget.charge(info.file_size, f"the pickle record {info.filename}")
+            data = bytes(_read_record(zf, info, path))
+            refuse_extension_opcodes(  # torch never writes EXT opcodes: refused outright
+                data, lambda what: _refusal(path, what),
+                lambda exc: UserError(f"{path}: corrupt checkpoint: data.pkl is not a valid pickle ({exc})"),
+            )
 
             cache: dict[tuple[str, str], _Storage] = {}
 
@@ -417,19 +507,24 @@ def load_pth(path: str | os.PathLike[str]) -> Any:
                 name = f"{prefix}/data/{key}"
                 if name not in names:
                     raise UserError(f"{path}: corrupt checkpoint: storage record {name} is missing")
-                raw = zf.read(name)
+                info = _record_info(zf, name, path)
                 dtype = stype.dtype if byteorder == "little" else stype.dtype.newbyteorder(">")
-                if len(raw) != numel * dtype.itemsize:
+                if info.file_size != numel * dtype.itemsize:  # checked before reading anything
                     raise UserError(
-                        f"{path}: corrupt checkpoint: {name} has {len(raw)} bytes, expected "
-                        f"{numel} x {dtype.itemsize}"
+                        f"{path}: corrupt checkpoint: {name} declares {info.file_size} bytes, "
+                        f"expected {numel} x {dtype.itemsize} for {stype.name}"
                     )
-                arr = np.frombuffer(raw, dtype=dtype)
+                budget.charge(info.file_size, f"storage record {name}")
+                arr = np.frombuffer(_read_record(zf, info, path), dtype=dtype)
                 arr.flags.writeable = False
-                storage = cache[(key, stype.name)] = _Storage(stype, arr)
+                storage = cache[(key, stype.name)] = _Storage(stype, arr, budget)
                 return storage
 
-            return _RestrictedUnpickler(io.BytesIO(data), path, read_storage).load()
+            unpickler = AllowListUnpickler(
+                io.BytesIO(data), _ALLOWED_GLOBALS, lambda what: _refusal(path, what),
+                _storage_loader(path, read_storage), encoding="utf-8",
+            )
+            return unpickler.load()
     except UserError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
