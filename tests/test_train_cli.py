@@ -1,4 +1,4 @@
-"""train.py end to end on tiny demo data: files, resume equality, SIGINT, NaN stop, launch."""
+"""train.py end to end on tiny demo data: files, resume equality, SIGINT/SIGTERM, NaN stop, launch."""
 from __future__ import annotations
 
 import json
@@ -28,9 +28,13 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def test_training_writes_checkpoints_metrics_and_logs(two_epochs) -> None:
     save, result = two_epochs
-    for name in ("last.pdparams", "last.pdopt", "last.pdstates", "best.pdparams", "best.json", "metrics.jsonl", "classes.txt", "config.json"):
+    for name in ("last.pdparams", "last.pdopt", "last.pdstates", "last.manifest.json", "best.pdparams", "best.json",
+                 "metrics.jsonl", "classes.txt", "config.json"):
         assert (save / name).is_file(), name
-    assert not list(save.glob("*.tmp")) and not list(save.glob(".*"))
+    # no temporaries, no leftover previous set; the only hidden file is the (released) run lock
+    assert not list(save.glob("*.tmp")) and not list(save.glob("*-prev.*"))
+    assert [p.name for p in save.glob(".*")] == [".lock"]
+    assert (save / ".lock").read_text() == ""  # emptied on release
     rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all({"loss", "lr", "map", "cf1", "of1"} <= r.keys() for r in rows)
@@ -53,7 +57,9 @@ def test_resume_after_one_epoch_equals_two_epochs(two_epochs, tiny_demo, tmp_pat
     assert len((save / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_sigint_saves_a_checkpoint_that_resumes_exactly(two_epochs, tiny_demo, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_that_resumes_exactly(two_epochs, tiny_demo, tmp_path: Path, sig, status) -> None:
+    """Ctrl-C (SIGINT) and a scheduler's stop (SIGTERM) save interrupted.* after the step; exit 128 + signal."""
     save = tmp_path / "sig"
     proc = subprocess.Popen([sys.executable, *train_flags(tiny_demo, save, 2)], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -61,14 +67,15 @@ def test_sigint_saves_a_checkpoint_that_resumes_exactly(two_epochs, tiny_demo, t
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("Epoch 1[8/"):
-            proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=300) != 0
-    assert (save / "interrupted.pdstates").is_file(), "".join(lines)[-2000:]
+            proc.send_signal(sig)
+    assert proc.wait(timeout=300) == status, "".join(lines)[-2000:]
+    assert (save / "interrupted.manifest.json").is_file(), "".join(lines)[-2000:]
+    assert f"interrupted by {sig.name}" in "".join(lines)
     assert "Traceback" not in "".join(lines)
     result = run_script(*train_flags(tiny_demo, save, 2), "--resume", str(save))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from" in result.stderr and "interrupted" in result.stderr
-    assert not (save / "interrupted.pdstates").exists()
+    assert not list(save.glob("interrupted*"))
     assert_same_weights(save / "last.pdparams", two_epochs[0] / "last.pdparams")
 
 
@@ -81,12 +88,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_demo, tmp_path: 
     match = re.search(r"error: (loss became (nan|inf)|weights became NaN/Inf) (at|during) epoch (\d+)", result.stderr)
     assert match, result.stderr[-2000:]
     bad_epoch = int(match.group(4))
+    assert f"the last good checkpoint stays in {save}" in result.stderr
     states = paddle.load(str(save / "last.pdstates"), return_numpy=True)
     assert states["epoch"] == bad_epoch - 1  # the checkpoint of the last finished epoch stays
     assert not (save / "interrupted.pdstates").exists()
     assert all(np.isfinite(v).all() for v in weights(save / "last.pdparams").values())
     rows = (save / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == bad_epoch - 1
+
+
+def test_fresh_run_that_diverges_says_no_checkpoint_was_written(tiny_demo, tmp_path: Path) -> None:
+    save = tmp_path / "nan0"
+    result = run_script(*train_flags(tiny_demo, save, 1, "--lr", "1e12"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no checkpoint was written yet" in result.stderr, result.stderr[-2000:]
+    assert "last good checkpoint" not in result.stderr
+    assert not list(save.glob("last*"))
 
 
 def test_two_process_launch_matches_one_process(tiny_demo, tmp_path: Path) -> None:

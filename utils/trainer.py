@@ -7,7 +7,11 @@ wider) epochs; flip + RandomResizedCrop(0.7-1.0) + resize; pixels scaled to [0, 
 
 Files written to ``save_dir`` (rank 0 only): ``last.*`` and ``interrupted.*`` checkpoint
 sets (see ``utils.checkpoint``), ``best.pdparams`` + ``best.json`` (highest mAP so far),
-``metrics.jsonl`` (one row per epoch), ``classes.txt`` and ``config.json``.
+``metrics.jsonl`` (one row per epoch), ``classes.txt`` and ``config.json``. Rank 0 checks the
+folder is writable and holds its run lock (``.lock``, see ``utils.fileio.lock_run_dir``) from
+the start to the end of the run; write errors (disk full...) stop the run with a UserError
+that keeps the previous checkpoint. SIGINT and SIGTERM save ``interrupted.*`` after the
+current step and raise ``TrainingInterrupted`` (exit status 130 and 143 in ``train.py``).
 """
 from __future__ import annotations
 
@@ -16,9 +20,10 @@ import json
 import math
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import paddle
@@ -32,10 +37,11 @@ from datasets.dataset import MultiLabelDataset, SeededBatchSampler
 from datasets.samplers import ShardedBatchSampler
 from datasets.transforms import TestTransform, TrainTransform
 from models import build_model
-from utils.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from utils.checkpoint import find_resume_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint, set_rng_state
 from utils.cli import fill_model_defaults, model_kwargs, read_run_config, resolve_num_classes, set_device
 from utils.errors import UserError
-from utils.fileio import atomic_paddle_save, atomic_write_json, atomic_write_text
+from utils.fileio import (RunLock, atomic_paddle_save, atomic_write_json, atomic_write_text, clean_stale_temps, describe_os_error,
+                          lock_run_dir, prepare_output_dir)
 from utils.logger import get_logger
 from utils.lr import WarmupStepDecay
 from utils.metrics import evaluate, format_reference_lines
@@ -60,24 +66,42 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving ``interrupted.*``; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+        super().__init__(f"stopped by {self.signal_name}")
+
+
 class _StopRequest:
-    """SIGINT handler: the first Ctrl-C asks the loop to save and stop; a second one kills."""
+    """SIGINT/SIGTERM handler: the first signal asks the loop to save and stop; a second one
+    aborts at once (Ctrl-C raises KeyboardInterrupt, SIGTERM terminates)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signum = signal.SIGINT.value
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequest":
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.requested, self.signum = True, signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        log.warning("interrupt received: saving a resumable checkpoint after this step (Ctrl-C again to abort)")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        log.warning("%s received: saving a resumable checkpoint after this step (%s again to abort)", signal.Signals(signum).name, again)
 
     def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        for sig, previous in self._previous.items():
+            fallback = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, previous if previous is not None else fallback)
 
 
 def no_weight_decay_names(model: paddle.nn.Layer) -> set[str]:
@@ -149,13 +173,38 @@ class Trainer:
     """Builds data, model and optimizer from parsed ``train.py`` arguments and runs training."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        """Check and lock ``--save_dir`` (rank 0), then build data, model, optimizer and resume.
+
+        The run lock is held until ``close()`` (``train`` calls it); on an error here it is released.
+        """
+        self.world = dist.get_world_size()
+        self.rank = dist.get_rank()
+        self.save_dir = Path(args.save_dir)
+        self.checkpoint_dir: Path | None = None  # where a whole checkpoint of this run is (for messages)
+        self._lock: RunLock | None = None
+        if self.rank == 0:  # before any training work: a bad or busy folder fails at once
+            prepare_output_dir(self.save_dir, "--save_dir")
+            self._lock = lock_run_dir(self.save_dir, "--save_dir")
+            for tmp in clean_stale_temps(self.save_dir):
+                log.info("removed %s, left over by an interrupted save", tmp.name)
+        try:
+            self._build(args)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run lock of ``--save_dir`` (idempotent)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def _build(self, args: argparse.Namespace) -> None:
         if args.resume:  # the run's own settings, unless given again on the command line
             fill_model_defaults(args, read_run_config(str(Path(args.resume) / "last.pdparams") if Path(args.resume).is_dir() else args.resume))
         fill_model_defaults(args)
         args.dataset = args.dataset or "voc07"
         self.args = args
-        self.world = dist.get_world_size()
-        self.rank = dist.get_rank()
         self.device = set_device(args.device)
         if self.world > 1:
             dist.init_parallel_env()
@@ -200,7 +249,6 @@ class Trainer:
             self.model, args.lr, args.momentum, args.w_d, len(self.train_sampler), args.warmup_epoch, self.step_epochs
         )
         self.state = TrainState()
-        self.save_dir = Path(args.save_dir)
         if args.resume:
             self._resume(args.resume)
         self.net = paddle.DataParallel(self.model) if self.world > 1 else self.model
@@ -222,6 +270,7 @@ class Trainer:
         if states.get("iters_per_epoch") not in (None, len(self.train_sampler)):
             log.warning("batches per epoch changed since the checkpoint (%s -> %d): the LR schedule continues by iteration count",
                         states.get("iters_per_epoch"), len(self.train_sampler))
+        self.checkpoint_dir = stem.parent
         log.info("resumed from %s: %d epoch(s) done%s", stem, self.state.epoch,
                  f", {self.state.iteration} batch(es) into epoch {self.state.epoch + 1}" if self.state.iteration else "")
 
@@ -237,7 +286,8 @@ class Trainer:
         """Train from ``state.epoch`` to ``--total_epoch``; returns the final state."""
         args = self.args
         if _is_main():
-            self._write_run_files()
+            with self._writing("the run files"):
+                self._write_run_files()
         if self.state.epoch >= args.total_epoch:
             log.info("already trained %d of %d epochs: nothing to do", self.state.epoch, args.total_epoch)
             return self.state
@@ -246,19 +296,21 @@ class Trainer:
                 epoch = self.state.epoch  # 0-based; logs say epoch + 1 like the reference
                 stats = self._train_epoch(epoch, stop)
                 if stats is None:  # interrupted inside the epoch
-                    return self._save_interrupted()
+                    return self._save_interrupted(stop.signum)
                 self._check_finite_weights(epoch)
                 self.state.epoch, self.state.iteration = epoch + 1, 0
                 row = {"epoch": epoch + 1, **stats}
                 if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.total_epoch:
                     row.update(self._evaluate(epoch + 1))
                 if _is_main():
-                    save_checkpoint(self.save_dir, "last", self.model, self.optimizer, self._states())
-                    self._remove("interrupted")
-                    self._append_metrics(row)
+                    self._save("last")
+                    with self._writing("checkpoint files"):
+                        remove_checkpoint(self.save_dir, "interrupted")
+                    with self._writing("metrics.jsonl"):
+                        self._append_metrics(row)
                 self._log_epoch(row)
                 if self._sync_stop(stop.requested):
-                    return self._save_interrupted()
+                    return self._save_interrupted(stop.signum)
         return self.state
 
     def _train_epoch(self, epoch: int, stop: _StopRequest) -> dict[str, float] | None:
@@ -286,8 +338,7 @@ class Trainer:
             if not math.isfinite(value):
                 bar.close()
                 raise TrainingDiverged(
-                    f"loss became {value} at epoch {epoch + 1}, batch {it + 1}: training stopped; the last good checkpoint "
-                    f"stays in {self.save_dir} (resume with --resume {self.save_dir}); try a lower --lr"
+                    f"loss became {value} at epoch {epoch + 1}, batch {it + 1}: training stopped; {self._kept_checkpoint()}; try a lower --lr"
                 )
             losses.append(value)
             seen += int(images.shape[0]) * self.world
@@ -315,9 +366,15 @@ class Trainer:
         for name, value in self.model.state_dict().items():
             if value.dtype in (paddle.float32, paddle.float16, paddle.bfloat16, paddle.float64) and not bool(paddle.isfinite(value).all()):
                 raise TrainingDiverged(
-                    f"weights became NaN/Inf during epoch {epoch + 1} (first: {name}): training stopped; the last good "
-                    f"checkpoint stays in {self.save_dir} (resume with --resume {self.save_dir}); try a lower --lr"
+                    f"weights became NaN/Inf during epoch {epoch + 1} (first: {name}): training stopped; "
+                    f"{self._kept_checkpoint()}; try a lower --lr"
                 )
+
+    def _kept_checkpoint(self) -> str:
+        """What a stopped run leaves to resume from, for error messages."""
+        if self.checkpoint_dir is None:
+            return "no checkpoint was written yet (the run stopped before the end of its first epoch), so there is nothing to resume"
+        return f"the last good checkpoint stays in {self.checkpoint_dir} (resume with --resume {self.checkpoint_dir})"
 
     def _step(self, images: paddle.Tensor, targets: paddle.Tensor) -> paddle.Tensor:
         if self.scaler is not None:
@@ -359,17 +416,36 @@ class Trainer:
             print(f"Test on Epoch {epoch}\n{format_reference_lines(result)}", flush=True)
             if result.map > self.state.best_map:
                 self.state.best_map, self.state.best_epoch = float(result.map), epoch
-                atomic_paddle_save(self.model.state_dict(), self.save_dir / "best.pdparams")
-                atomic_write_json(self.save_dir / "best.json", {"epoch": epoch, **metrics, **self._model_info()}, indent=2)
+                with self._writing("best.pdparams and best.json"):
+                    atomic_paddle_save(self.model.state_dict(), self.save_dir / "best.pdparams")
+                    atomic_write_json(self.save_dir / "best.json", {"epoch": epoch, **metrics, **self._model_info()}, indent=2)
         if self.world > 1:
             dist.barrier()
         return metrics
 
-    def _save_interrupted(self) -> TrainState:
+    def _save_interrupted(self, signum: int) -> TrainState:
         if _is_main():
-            path = save_checkpoint(self.save_dir, "interrupted", self.model, self.optimizer, self._states())
+            path = self._save("interrupted")
             log.warning("saved %s (epoch %d, batch %d); resume with --resume %s", path, self.state.epoch + 1, self.state.iteration, self.save_dir)
-        raise KeyboardInterrupt
+        raise TrainingInterrupted(signum)
+
+    def _save(self, tag: str) -> Path:
+        """Save checkpoint set ``tag`` (rank 0), then drop temporaries that killed saves left behind."""
+        path = save_checkpoint(self.save_dir, tag, self.model, self.optimizer, self._states())
+        self.checkpoint_dir = self.save_dir
+        clean_stale_temps(self.save_dir)  # safe: this process holds the folder's run lock
+        return path
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn an OSError while writing ``what`` into a UserError naming --save_dir and the cause."""
+        try:
+            yield
+        except OSError as exc:
+            raise UserError(
+                f"cannot write {what} in --save_dir {self.save_dir}: {describe_os_error(exc)}; training stopped and "
+                f"{self._kept_checkpoint()}; free disk space or fix the folder"
+            ) from None
 
     # ------------------------------------------------------------------ files
     def _model_info(self) -> dict[str, Any]:
@@ -391,10 +467,6 @@ class Trainer:
         with open(self.save_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
-    def _remove(self, tag: str) -> None:
-        for suffix in (".pdparams", ".pdopt", ".pdstates"):
-            (self.save_dir / f"{tag}{suffix}").unlink(missing_ok=True)
-
     def _log_epoch(self, row: dict[str, Any]) -> None:
         if not _is_main():
             return
@@ -406,6 +478,14 @@ class Trainer:
 
 
 def train(args: argparse.Namespace) -> TrainState:
-    """Build a ``Trainer`` from parsed arguments and run it."""
-    return Trainer(args).run()
+    """Build a ``Trainer`` from parsed arguments, run it and release its run lock; returns the final state.
+
+    Raises ``TrainingInterrupted`` after SIGINT/SIGTERM (``interrupted.*`` saved) and
+    ``UserError`` for bad input, a busy or unwritable ``--save_dir`` and divergence.
+    """
+    trainer = Trainer(args)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
 
