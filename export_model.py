@@ -20,28 +20,24 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from utils.cli import add_model_args, positive_int  # noqa: E402
+from utils.cli import MIN_IMG_SIZE, add_model_args, image_size, positive_int, unit_interval_float  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-
-
-def _probability(text: str) -> float:
-    """argparse type: a float in [0, 1]."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     """export_model.py's arguments."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", default=None, help="trained weights (.pdparams, or a reference .pth) including the classifier")
+    parser.add_argument("--model_path", default=None,
+                        help="trained weights file (.pdparams, or a reference .pth) including the classifier, e.g. RUN/best.pdparams; "
+                        "a folder is refused with the list of its checkpoints")
     parser.add_argument("--save_dir", default="./inference", help="output folder (default ./inference)")
     add_model_args(parser)
-    parser.add_argument("--img_size", type=positive_int, default=None, help="input side S of the exported program (default: the training run's, else 448)")
+    parser.add_argument("--img_size", type=image_size, default=None,
+                        help=f"input side S of the exported program, >= {MIN_IMG_SIZE} (default: the training run's, else 448)")
     parser.add_argument("--dataset", default=None, help="dataset of the weights: normalisation and built-in class names (default: the training run's, else voc07)")
     parser.add_argument("--classes", default=None, help="class names file (default: classes.txt beside --model_path, else the built-in list)")
-    parser.add_argument("--threshold", type=_probability, default=0.5, help="default score threshold stored for infer.py (default 0.5)")
+    parser.add_argument("--threshold", type=unit_interval_float, default=0.5,
+                        help="default score threshold stored for infer.py, in [0, 1] (default 0.5)")
     parser.add_argument("--random_init", action="store_true", help="export an untrained, randomly initialised model (speed tests only)")
     parser.add_argument("--onnx", action="store_true", help="also write DIR/model.onnx with paddle2onnx (pip install -r requirements-onnx.txt)")
     parser.add_argument("--opset", type=positive_int, default=13, help="ONNX opset version (default 13)")
@@ -54,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     from utils.export import check_weights_choice, export_model
 
     check_weights_choice(args.model_path, args.random_init)  # before importing paddle
+    from utils.loading import check_weights_path
+
+    check_weights_path(args.model_path, "--model_path")
     paths = export_model(args)
     from utils.deploy import DeployConfig
 

@@ -20,8 +20,9 @@ from utils.threads import configure_threads
 
 _THREADS = configure_threads()
 
-from utils.cli import non_negative_int, positive_int  # noqa: E402
+from utils.cli import non_negative_int, positive_int, unit_interval_float  # noqa: E402
 from utils.deploy import str2bool  # noqa: E402
+from utils.cli import add_image_limit_arg, apply_image_limit  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -37,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch_size", type=positive_int, default=8, help="images per predictor run (default 8)")
     data.add_argument("--num_workers", type=non_negative_int, default=1,
                       help="processes decoding/preprocessing the next images during inference (default 1; 0: none)")
-    data.add_argument("--threshold", type=float, default=None, help="report classes with score >= this (default: inference.yml's, 0.5)")
+    data.add_argument("--threshold", type=unit_interval_float, default=None,
+                      help="report classes with score >= this, in [0, 1] (default: inference.yml's, 0.5)")
     data.add_argument("--topk", type=positive_int, default=None, help="report at most the K best classes above the threshold")
-    data.add_argument("--output", default=None, help="also write all scores and labels as JSON (predict.py's format)")
+    data.add_argument("--output", default=None,
+                      help="also write all scores and labels to this JSON file (predict.py's format; checked before any work)")
     run = parser.add_argument_group("runtime")
     run.add_argument("--use_gpu", type=str2bool, default=False, help="run on the GPU (needs a CUDA build of Paddle; default False)")
     run.add_argument("--gpu_id", type=non_negative_int, default=0, help="GPU index (default 0)")
@@ -57,12 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--enable_benchmark", type=str2bool, default=False,
                        help="print an AutoLog-style timing/memory block after the predictions (default False)")
     bench.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up runs before a benchmark (default 1)")
+    add_image_limit_arg(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run inference; returns 0, or 1 when some image could not be read."""
     args = build_parser().parse_args(argv)
+    apply_image_limit(args.max_image_pixels)
+    from utils.prediction import check_output_path
+
+    check_output_path(args.output)  # before the model and the images are loaded
     from utils.inference import run_infer
 
     return run_infer(args)

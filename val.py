@@ -12,26 +12,32 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from utils.cli import add_data_args, add_device_arg, add_model_args  # noqa: E402
+from utils.cli import add_data_args, add_device_arg, add_model_args, unit_interval_float  # noqa: E402
+from utils.cli import add_image_limit_arg, apply_image_limit  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """val.py's arguments (the reference's, plus --save_scores, --threshold, --json_out)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--load_from", required=True, help="trained weights (.pdparams or a reference .pth)")
+    parser.add_argument("--load_from", required=True,
+                        help="trained weights file (.pdparams or a reference .pth), e.g. RUN/best.pdparams; "
+                        "a folder is refused with the list of its checkpoints")
     add_model_args(parser)
     add_data_args(parser)
-    parser.add_argument("--threshold", type=float, default=0.5, help="score threshold of CP/CR/CF1/OP/OR/OF1 (default 0.5)")
+    parser.add_argument("--threshold", type=unit_interval_float, default=0.5,
+                        help="score threshold of CP/CR/CF1/OP/OR/OF1, in [0, 1] (default 0.5)")
     parser.add_argument("--save_scores", default=None, help="write predictions as JSON [{img_path, scores}] for utils.evaluate")
     parser.add_argument("--json_out", default=None, help="write all metrics as JSON")
     add_device_arg(parser)
+    add_image_limit_arg(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; prints the metric lines and the per-class table. Returns 0."""
     args = build_parser().parse_args(argv)
+    apply_image_limit(args.max_image_pixels)
     from pathlib import Path
 
     import paddle
@@ -42,10 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     from utils.cli import read_run_config, set_device
     from utils.errors import UserError
     from utils.fileio import atomic_write_json
-    from utils.loading import load_trained_model
+    from utils.loading import check_weights_path, load_trained_model
     from utils.metrics import evaluate, format_class_table, format_reference_lines
+    from utils.prediction import check_output_path
     from utils.scoring import predict_scores
 
+    check_output_path(args.save_scores, "--save_scores")  # before the work, not after
+    check_output_path(args.json_out, "--json_out")
+    check_weights_path(args.load_from)
     set_device(args.device)
     args.dataset = args.dataset or read_run_config(args.load_from).get("dataset", "voc07")
     defaults = dataset_defaults(args.dataset)

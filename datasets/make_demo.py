@@ -30,11 +30,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+if __package__ in (None, ""):  # run as a file (python datasets/make_demo.py): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.errors import UserError, run_cli
-from utils.logger import get_logger
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.logger import get_logger  # noqa: E402
 
 log = get_logger("make_demo")
 

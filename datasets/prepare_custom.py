@@ -55,7 +55,9 @@ output (in --out_dir): train_custom.json, test_custom.json, classes.txt
 errors (exit status 2, nothing written):
   missing folders or files; malformed XML (file and line); an object/label not in
   --classes (file, line and class named); a CSV row without an image path; a missing image
-  or annotation; --test_ratio outside [0, 1); no image or no class at all.
+  or annotation; --test_ratio outside [0, 1); no image or no class at all; an ImageSets/Main
+  list with no id (or whose ids are all skipped). Only --test_ratio 0 gives an empty test
+  split (with a warning).
 skippable with a warning:
   missing images (and, for --voc_dir lists, missing XMLs) with --skip_missing.
 """
@@ -306,10 +308,18 @@ def prepare_custom_voc(voc_dir: str, out_dir: str, *, classes_file: str | None =
     if train_ids is not None and (lists / "test.txt").is_file():
         log.info("using the split lists in %s", lists)
         test_ids, test_src = read_id_list(lists / "test.txt"), "ImageSets/Main/test.txt"
+        for ids, src in ((train_ids, train_src), (test_ids, test_src)):
+            if not ids:
+                raise UserError(f"{root / src} lists no image id, so that split would be empty; put "
+                                "the image ids in it, one per line (or remove the ImageSets/Main lists "
+                                "to split the annotations at random with --test_ratio)")
         train_found = locate_voc_files(root, train_ids, source=train_src,
                                        skip_missing=skip_missing, image_exts=VOC_IMAGE_EXTS)
         test_found = locate_voc_files(root, test_ids, source=test_src,
                                       skip_missing=skip_missing, image_exts=VOC_IMAGE_EXTS)
+        if not test_found:
+            raise UserError(f"no usable image in {root / test_src}: all {len(test_ids)} listed ids were "
+                            "skipped as missing; check the list and the Annotations / JPEGImages folders")
     else:
         stems = sorted(p.stem for p in ann_dir.glob("*.xml"))
         if not stems:

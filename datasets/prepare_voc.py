@@ -38,7 +38,8 @@ errors (exit status 2, nothing written):
   missing VOC<year>, Annotations, JPEGImages or ImageSets/Main folder or train/val list;
   malformed XML (the message names the file and line); an object class that is not in the
   class list (use --classes); an <object> without <name>; <difficult> other than 0/1;
-  an id listed in ImageSets whose XML or JPEG is missing.
+  an id listed in ImageSets whose XML or JPEG is missing; an empty image list (e.g. a
+  test.txt with no id) or a split left with no image: an empty split is useless.
 skippable with a warning:
   ids whose XML or JPEG is missing, with --skip_missing (one warning with the count).
 """
@@ -100,12 +101,21 @@ def prepare_voc(data_path: str, out_dir: str, *, year: int = 2007,
     else:
         raise UserError(f"{lists} has neither train.txt + val.txt nor trainval.txt "
                         f"(expected {VOC_LAYOUT_HINT})")
+    if not trainval_ids:
+        named = (f"{lists / 'trainval.txt'} lists" if trainval_source.endswith("trainval.txt")
+                 else f"{lists / 'train.txt'} and val.txt list")
+        raise UserError(f"{named} no image id, so the training split would be empty; put the "
+                        "training image ids there, one per line")
     trainval_ids = _drop_duplicates(trainval_ids, trainval_source)
 
     test_list = lists / "test.txt"
     if test_list.is_file():
         test_ids: list[str] | None = _drop_duplicates(read_id_list(test_list),
                                                       "ImageSets/Main/test.txt")
+        if not test_ids:
+            also = " or delete it to write the trainval split only" if year == 2012 else ""
+            raise UserError(f"{test_list} lists no image id, so the test split would be empty; put "
+                            f"the test image ids in it, one per line{also}")
     elif year == 2012:
         log.info("%s does not exist (VOC2012 ships no public test labels): writing trainval "
                  "only", test_list)
@@ -127,7 +137,8 @@ def prepare_voc(data_path: str, out_dir: str, *, year: int = 2007,
         raise UserError(f"no usable image in {trainval_source} of {voc_dir}; check the lists "
                         "and the Annotations / JPEGImages folders")
     if test_ids is not None and not test:
-        log.warning("the test split of %s is empty", voc_dir)
+        raise UserError(f"no usable image in {test_list}: all {len(test_ids)} listed ids were skipped "
+                        "as missing; check the list and the Annotations / JPEGImages folders")
 
     out = ensure_out_dir(out_dir)
     written: dict[str, Path] = {}

@@ -279,6 +279,50 @@ def test_voc2012_without_test_list(tmp_path: Path) -> None:
         prepare_voc(str(tmp_path), str(tmp_path / "out7"), year=2007)
 
 
+def test_voc_empty_lists_are_refused(tmp_path: Path) -> None:
+    objects = {"a": [("car", 0)], "t": [("dog", 0)]}
+    voc = make_voc(tmp_path / "VOC2007", objects, {"trainval": ["a"], "test": []})
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("\n\n", encoding="utf-8")  # blank lines only
+    with pytest.raises(UserError) as err:
+        prepare_voc(str(tmp_path), str(tmp_path / "out"))
+    assert f"{voc / 'ImageSets' / 'Main' / 'test.txt'} lists no image id" in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("t\n", encoding="utf-8")
+    (voc / "JPEGImages" / "t.jpg").unlink()  # every test image skipped as missing
+    with pytest.raises(UserError, match="no usable image in .*test.txt"):
+        prepare_voc(str(tmp_path), str(tmp_path / "out"), skip_missing=True)
+    assert not (tmp_path / "out").exists()
+
+    (voc / "ImageSets" / "Main" / "trainval.txt").write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match="trainval.txt lists no image id"):
+        prepare_voc(str(tmp_path), str(tmp_path / "out"))
+
+    voc12 = make_voc(tmp_path / "VOC2012", objects, {"train": ["a"], "val": [], "test": []})
+    with pytest.raises(UserError, match="delete it"):
+        prepare_voc(str(tmp_path), str(tmp_path / "out12"), year=2012)
+
+
+def test_cli_voc_empty_test_list_one_line(tmp_path: Path) -> None:
+    make_voc(tmp_path / "VOC2007", {"a": [("car", 0)]}, {"train": ["a"], "val": [], "test": []})
+    proc = run_script(["datasets/prepare_voc.py", "--data_path", str(tmp_path),
+                       "--out_dir", str(tmp_path / "out")])
+    assert_one_line_error(proc, "test.txt", "no image id")
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+
+
+def test_custom_voc_empty_test_list(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path / "mine", {"a": [("widget", 0)], "b": [("gadget", 0)]},
+                   {"trainval": ["a", "b"], "test": []})
+    with pytest.raises(UserError, match="test.txt lists no image id"):
+        prepare_custom_voc(str(voc), str(tmp_path / "out"))
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("b\n", encoding="utf-8")
+    (voc / "JPEGImages" / "b.jpg").unlink()
+    with pytest.raises(UserError, match="no usable image in .*test.txt"):
+        prepare_custom_voc(str(voc), str(tmp_path / "out"), skip_missing=True)
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- COCO
 
 

@@ -105,3 +105,96 @@ def test_backbone_only_weights_are_refused_for_prediction(two_epochs, tiny_demo,
     shutil.copy(two_epochs[0] / "classes.txt", tmp_path / "classes.txt")
     result = run_script("predict.py", "--load_from", str(tmp_path / "backbone.pdparams"), "--img_dir", str(tiny_demo["images"]))
     assert result.returncode == 2 and "classifier.multi_head.0.head.weight" in result.stderr
+
+
+# --------------------------------------------------------------------------- bad inputs refused before any work
+
+
+def one_error_line(result, *needles: str) -> str:
+    """Assert a clean refusal: exit 2, exactly one `error: ...` line on stderr, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def test_predict_output_folder_is_refused_before_predicting(two_epochs, tiny_demo, tmp_path: Path) -> None:
+    out = tmp_path / "preds"
+    out.mkdir()
+    result = run_script("predict.py", "--load_from", str(two_epochs[0] / "last.pdparams"), "--img_dir", str(tiny_demo["images"]),
+                        "--output", str(out))
+    one_error_line(result, "--output", str(out), "is a folder")
+    assert "prediction:" not in result.stdout and list(out.iterdir()) == []
+
+
+def test_infer_output_folder_is_refused_before_loading_the_model(tiny_demo, tmp_path: Path) -> None:
+    export = tmp_path / "export"  # unloadable files: reaching them would fail with another message
+    export.mkdir()
+    for name in ("inference.json", "inference.pdiparams", "inference.yml"):
+        (export / name).write_text("not a model\n")
+    out = tmp_path / "preds"
+    out.mkdir()
+    result = run_script("infer.py", "--model_dir", str(export), "--input_file", str(tiny_demo["images"]), "--output", str(out))
+    one_error_line(result, "--output", str(out), "is a folder")
+    assert result.stdout == ""
+
+
+def test_output_in_an_unwritable_folder_is_refused() -> None:
+    from utils.errors import UserError
+    from utils.prediction import check_output_path
+
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc (a folder nobody can create files in)")
+    with pytest.raises(UserError, match=r"--output /proc/preds.json: cannot write in the folder /proc"):
+        check_output_path("/proc/preds.json")
+    with pytest.raises(UserError, match="is not a regular file"):
+        check_output_path("/dev/null")  # would be replaced by the atomic rename
+
+
+@pytest.mark.parametrize("script,flag", [("val.py", "--load_from"), ("predict.py", "--load_from"), ("export_model.py", "--model_path")])
+def test_weights_folder_lists_its_checkpoints(script: str, flag: str, tiny_demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("best.pdparams", "last.pdparams", "last.pdopt", "metrics.jsonl"):
+        (run / name).write_bytes(b"")
+    extra = {"val.py": ["--test_json", str(tiny_demo["test"])], "predict.py": ["--img_dir", str(tiny_demo["images"])],
+             "export_model.py": ["--save_dir", str(tmp_path / "export")]}[script]
+    result = run_script(script, flag, str(run), *extra)
+    line = one_error_line(result, flag, "is a folder", f"{run / 'best.pdparams'}, {run / 'last.pdparams'}")
+    assert "last.pdopt" not in line and "metrics.jsonl" not in line
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("script", ["val.py", "predict.py"])
+def test_corrupt_config_json_is_named(script: str, tiny_demo, tmp_path: Path) -> None:
+    (tmp_path / "last.pdparams").write_bytes(b"")  # never read: the config is checked first
+    (tmp_path / "config.json").write_text('{"model": "resnet18", "num_heads": 1,')  # cut short
+    extra = ["--test_json", str(tiny_demo["test"])] if script == "val.py" else ["--img_dir", str(tiny_demo["images"])]
+    result = run_script(script, "--load_from", str(tmp_path / "last.pdparams"), *extra)
+    one_error_line(result, str(tmp_path / "config.json"), "not valid JSON", "delete it", "--model")
+
+
+def test_read_run_config(tmp_path: Path) -> None:
+    from utils.cli import read_run_config
+    from utils.errors import UserError
+
+    weights = str(tmp_path / "best.pdparams")
+    assert read_run_config(weights) == {} and read_run_config(None) == {}  # no config.json: fine
+    (tmp_path / "config.json").write_text(json.dumps({"model": "resnet18", "img_size": 64, "lam": 0.5}))
+    assert read_run_config(weights)["img_size"] == 64
+    for text, needle in [("[1, 2]", "JSON list"), ('{"num_heads": "4"}', '"num_heads" must be'), ("", "not valid JSON")]:
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(UserError, match=needle) as exc:
+            read_run_config(weights)
+        assert str(tmp_path / "config.json") in str(exc.value)
+
+
+@pytest.mark.parametrize("flag", ["--json_out", "--save_scores"])
+def test_val_output_folder_is_refused_before_evaluating(flag: str, two_epochs, tiny_demo, tmp_path: Path) -> None:
+    result = run_script("val.py", "--load_from", str(two_epochs[0] / "last.pdparams"), "--test_json", str(tiny_demo["test"]),
+                        flag, str(tmp_path))
+    one_error_line(result, flag, str(tmp_path), "is a folder")
+    assert "mAP" not in result.stdout

@@ -9,11 +9,21 @@ Writes ``ckpt.pth`` (torch.save, zip format), ``input.npy`` and ``logits.npy`` i
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ModuleNotFoundError:  # torch is not a project dependency: this file runs under another Python
+    if __name__ != "__main__":
+        raise
+    print("error: tools/torch_reference.py needs PyTorch, which this Python does not have; run it with an "
+          "interpreter that has torch, e.g. /path/to/torchenv/bin/python tools/torch_reference.py --out /tmp/ref "
+          "(or let tools/check_against_torch.py --torch_python /path/to/torchenv/bin/python run it)", file=sys.stderr)
+    sys.exit(2)
 
 SPECS = {18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]), 50: ("bottleneck", [3, 4, 6, 3]),
          101: ("bottleneck", [3, 4, 23, 3]), 152: ("bottleneck", [3, 8, 36, 3])}

@@ -6,40 +6,86 @@ the same name, type, default and help everywhere.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 DEFAULT_MODEL = "resnet101"
 
 
+# Smallest --img_size accepted. ResNet downsamples by 32: a smaller input is smaller than one
+# cell of the last feature map, and the deeper stages see mostly padding. (Forward and
+# backward still run down to 1 px, so this is a sense bound, not a crash bound.)
+MIN_IMG_SIZE = 32
+
+
+def _number(text: str, kind: type, expected: str) -> Any:
+    """Parse ``text`` as ``kind`` (int or float); ArgumentTypeError saying ``expected`` otherwise."""
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
+    """argparse type: ``text`` -> an integer >= 1 (ArgumentTypeError otherwise)."""
+    value = _number(text, int, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
+    """argparse type: ``text`` -> an integer >= 0 (ArgumentTypeError otherwise)."""
+    value = _number(text, int, "an integer >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite float >= 0."""
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+def image_size(text: str) -> int:
+    """argparse type: ``text`` -> an input side in pixels, an integer >= ``MIN_IMG_SIZE`` (32)."""
+    value = _number(text, int, f"an integer >= {MIN_IMG_SIZE} (pixels)")
+    if value < MIN_IMG_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_IMG_SIZE} pixels (the ResNet downsamples by 32), got {text}; e.g. 448 (the reference) or 224")
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a float > 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+def finite_non_negative_float(text: str) -> float:
+    """argparse type: ``text`` -> a finite float >= 0 (not inf/nan; ArgumentTypeError otherwise)."""
+    value = _number(text, float, "a finite number >= 0")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+non_negative_float = finite_non_negative_float  # the older name
+
+
+def finite_positive_float(text: str) -> float:
+    """argparse type: ``text`` -> a finite float > 0 (not inf/nan; ArgumentTypeError otherwise)."""
+    value = _number(text, float, "a finite number > 0")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+positive_float = finite_positive_float  # the older name
+
+
+def unit_interval_float(text: str) -> float:
+    """argparse type: ``text`` -> a float in [0, 1], e.g. a score threshold on sigmoid probabilities."""
+    value = _number(text, float, "a number between 0 and 1")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (scores are sigmoid probabilities), got {text}")
+    return value
+
+
+def momentum_float(text: str) -> float:
+    """argparse type: ``text`` -> a float in [0, 1) (SGD momentum; 1 or more never forgets and diverges)."""
+    value = _number(text, float, "a number in [0, 1)")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), e.g. 0.9, got {text}")
     return value
 
 
@@ -70,7 +116,7 @@ def add_model_args(parser: argparse.ArgumentParser, num_cls_default: int | None 
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=None, help=f"backbone + CSRA model: {', '.join(MODELS.names())} (default {DEFAULT_MODEL})")
     group.add_argument("--num_heads", type=positive_int, default=None, choices=[1, 2, 4, 6, 8], help="CSRA heads (default 1)")
-    group.add_argument("--lam", type=positive_float, default=None, help="weight of the attention logit, > 0 (default 0.1)")
+    group.add_argument("--lam", type=finite_positive_float, default=None, help="weight of the attention logit, > 0 (default 0.1)")
     group.add_argument("--num_cls", type=positive_int, default=num_cls_default,
                        help="number of classes (default: the number of class names found)" if num_cls_default is None
                        else "number of classes (default %(default)s)")
@@ -81,21 +127,60 @@ def add_model_args(parser: argparse.ArgumentParser, num_cls_default: int | None 
     return group
 
 
+def _config_value_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the run config's ``key`` (None when it can, or the key is not checked)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if key in ("model", "dataset") and not (value is None or isinstance(value, str)):
+        return "must be a name (a string)"
+    if key == "attention" and not (value is None or isinstance(value, str)):
+        return "must be a block name or null"
+    if key in ("num_heads", "img_size") and not (is_int(value) and value >= 1):
+        return "must be a positive integer"
+    if key == "lam" and not ((is_int(value) or isinstance(value, float)) and 0 < value < math.inf):
+        return "must be a finite number > 0"
+    if key == "attention_stages" and not (value is None or (isinstance(value, list) and all(is_int(s) for s in value))):
+        return "must be a list of stage numbers such as [3, 4], or null"
+    return None
+
+
 def read_run_config(weights: str | None) -> dict[str, Any]:
-    """The ``config.json`` that train.py wrote beside ``weights`` ({} when there is none)."""
+    """The ``config.json`` that train.py wrote beside the checkpoint ``weights``.
+
+    Args:
+        weights: a checkpoint path (``--load_from``, ``--model_path``, ``--resume`` file), or None.
+    Returns:
+        the run's settings as a dict; {} when ``weights`` is None or a URL, or no config.json is there.
+    Raises:
+        UserError: config.json exists but cannot be read, is not a JSON object, or a model
+            setting in it has the wrong type; the message names the file and how to fix it.
+    """
     import json
     from pathlib import Path
 
-    if not weights:
+    from utils.errors import UserError
+
+    if not weights or str(weights).startswith(("http://", "https://")):
         return {}
     path = Path(weights).parent / "config.json"
     if not path.is_file():
         return {}
+    fix = ("repair it (train.py writes it: a JSON object of the run's settings), or delete it and pass the model flags "
+           "(--model, --num_heads, --lam, --attention, --attention_stages, --img_size, --dataset) explicitly")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path} ({exc}); {fix}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} holds a JSON {type(config).__name__}, not an object of settings; {fix}")
+    for key in (*MODEL_DEFAULTS, "dataset"):
+        problem = _config_value_problem(key, config.get(key)) if key in config else None
+        if problem:
+            raise UserError(f"{path}: \"{key}\" {problem}, got {config[key]!r}; {fix}")
+    return config
 
 
 def _same_attention(a: Any, b: Any) -> bool:
@@ -162,7 +247,8 @@ def add_data_args(parser: argparse.ArgumentParser, train: bool = False) -> argpa
         group.add_argument("--train_json", default=None, help="training split JSON (default: per --dataset)")
     group.add_argument("--test_json", default=None, help="evaluation split JSON (default: per --dataset)")
     group.add_argument("--classes", default=None, help="class names file (default: classes.txt beside the JSON, else built-in)")
-    group.add_argument("--img_size", type=positive_int, default=None, help="input side in pixels (default 448, or the training run's)")
+    group.add_argument("--img_size", type=image_size, default=None,
+                       help=f"input side in pixels, >= {MIN_IMG_SIZE} (default 448, or the training run's)")
     group.add_argument("--batch_size", type=positive_int, default=16, help="images per batch (default 16)")
     group.add_argument("--num_workers", type=non_negative_int, default=0,
                        help="data-loader worker processes (default 0: load in the main process)")
@@ -173,6 +259,45 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
     """Add ``--device {auto,cpu,gpu}``."""
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
                         help="where to run (default auto: GPU when Paddle has CUDA and sees one)")
+
+
+def add_image_limit_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add ``--max_image_pixels N`` (the image reader's decompression-bomb limit) to ``parser``.
+
+    Args:
+        parser: the parser or argument group to extend.
+    Returns:
+        None. The value (an int >= 0, or None when not given) is applied with
+        :func:`apply_image_limit` right after parsing.
+    """
+    parser.add_argument("--max_image_pixels", type=non_negative_int, default=None, metavar="N",
+                        help="refuse images with more than N pixels (width x height) before decoding them, "
+                        "0 for no limit (default: $CSRA_MAX_IMAGE_PIXELS, else 89478485, PIL's own threshold)")
+
+
+def apply_image_limit(value: int | None) -> None:
+    """Make ``--max_image_pixels`` effective for every image this run reads.
+
+    Args:
+        value: the parsed flag: pixels (0 = no limit), or None to keep
+            ``$CSRA_MAX_IMAGE_PIXELS`` / the default.
+    Returns:
+        None. A value is set in this process (``datasets.image_io.set_max_image_pixels``,
+        inherited by forked data-loader workers) and exported as ``CSRA_MAX_IMAGE_PIXELS``
+        for spawned ones.
+    Raises:
+        UserError: ``value`` is None and ``$CSRA_MAX_IMAGE_PIXELS`` is not an integer >= 0
+            (checked now rather than at the first image).
+    """
+    import os
+
+    from datasets.image_io import MAX_IMAGE_PIXELS_ENV, max_image_pixels, set_max_image_pixels
+
+    if value is None:
+        max_image_pixels()
+        return
+    set_max_image_pixels(value)
+    os.environ[MAX_IMAGE_PIXELS_ENV] = str(value)
 
 
 def set_device(name: str) -> str:

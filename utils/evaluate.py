@@ -30,11 +30,14 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
-import numpy as np
+if __package__ in (None, ""):  # run as a file (python utils/evaluate.py): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.errors import UserError, run_cli
-from utils.logger import get_logger
-from utils.metrics import (
+import numpy as np  # noqa: E402
+
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.logger import get_logger  # noqa: E402
+from utils.metrics import (  # noqa: E402
     NO_POSITIVE_CHOICES,
     POLICIES,
     LabelEncodingError,

@@ -31,6 +31,26 @@ def find_class_names(args: argparse.Namespace, extra_json: str | None = None) ->
     raise UserError("no class names: pass --classes FILE (one name per line) or --dataset voc07/coco/wider")
 
 
+def check_weights_path(spec: str | None, flag: str = "--load_from") -> None:
+    """Fail fast, before any slow work, when a local weights path is missing or is a folder.
+
+    Args:
+        spec: the flag's value; None, http(s) URLs and ``imagenet`` are left to the loader.
+        flag: the option name, for the message.
+    Raises:
+        UserError: naming the flag; for a folder (e.g. a training run's save_dir) the message
+            lists the checkpoint files inside it (the folder itself is never accepted).
+    """
+    if not spec or spec.startswith(("http://", "https://")) or spec.lower() == "imagenet":
+        return
+    from models.weights import resolve_weights
+
+    try:
+        resolve_weights(spec, "")
+    except UserError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
 def load_trained_model(args: argparse.Namespace, extra_json: str | None = None) -> tuple[nn.Layer, list[str]]:
     """Build the model named by the flags (unset ones from the run's config.json) and load ``--load_from``.
 
@@ -41,6 +61,7 @@ def load_trained_model(args: argparse.Namespace, extra_json: str | None = None) 
 
     if not args.load_from:
         raise UserError("--load_from is required: the trained weights (.pdparams, or a reference .pth)")
+    check_weights_path(args.load_from, "--model_path" if getattr(args, "model_path", None) else "--load_from")
     run_config = read_run_config(args.load_from)
     fill_model_defaults(args, run_config)
     if getattr(args, "dataset", None) is None:

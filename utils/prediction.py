@@ -6,6 +6,7 @@ Both read images with ``datasets.image_io.load_rgb``, preprocess them with
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,32 @@ def report_failures(failures: Sequence[tuple[str, str]]) -> None:
         print(f"{len(failures)} file(s) could not be read", file=sys.stderr)
 
 
-def check_output_path(path: str | None) -> None:
-    """Refuse an --output in a folder that does not exist (before any work is done)."""
-    if path and not Path(path).resolve().parent.is_dir():
-        raise UserError(f"--output folder does not exist: {Path(path).parent}")
+def check_output_path(path: str | None, flag: str = "--output") -> None:
+    """Refuse an ``--output`` file that could not be written, before any work is done.
+
+    Args:
+        path: the JSON file to write at the end (None: no output, nothing to check).
+        flag: the option name used in messages.
+    Raises:
+        UserError: ``path`` is an existing folder (or otherwise not a regular file), its folder
+            does not exist or is not a folder, or that folder is not writable (the file is
+            written atomically: a temporary file in the same folder, then renamed).
+    """
+    if not path:
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name for the JSON, e.g. {target / 'predictions.json'}")
+    if target.exists() and not target.is_file():
+        raise UserError(f"{flag} {path} exists and is not a regular file; give another file name for the JSON")
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"{flag} {path}: the folder {folder} {what}; create it first or write elsewhere")
+    try:  # a real probe (os.access says yes to root even on read-only file systems)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write in the folder {folder} ({exc.strerror or exc}); "
+                        "write elsewhere or fix its permissions") from None
+    os.close(fd)
+    os.unlink(probe)
