@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-fast bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# everything but the end-to-end command-line and TIPC tests (tests/e2e)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests --ignore=tests/e2e
 
 demo: $(STAMP)
 	bash tools/demo.sh

@@ -20,7 +20,7 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from utils.cli import MIN_IMG_SIZE, add_model_args, image_size, positive_int, unit_interval_float  # noqa: E402
+from cli.args import MIN_IMG_SIZE, add_model_args, image_size, positive_int, unit_interval_float  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -47,14 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Export; prints the written files. Returns 0 (errors are UserError -> exit 2)."""
     args = build_parser().parse_args(argv)
-    from utils.export import check_weights_choice, export_model
+    from deploy.export import check_weights_choice, export_model
 
     check_weights_choice(args.model_path, args.random_init)  # before importing paddle
-    from utils.loading import check_weights_path
+    from cli.loading import check_weights_path
 
     check_weights_path(args.model_path, "--model_path")
     paths = export_model(args)
-    from utils.deploy import DeployConfig
+    from deploy.inference_config import DeployConfig
 
     cfg = DeployConfig.load(paths["config_file"])
     attention = f", attention {cfg.attention} in stage(s) {','.join(map(str, cfg.attention_stages or []))}" if cfg.attention else ""

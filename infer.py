@@ -20,9 +20,9 @@ from utils.threads import configure_threads
 
 _THREADS = configure_threads()
 
-from utils.cli import non_negative_int, positive_int, unit_interval_float  # noqa: E402
-from utils.deploy import str2bool  # noqa: E402
-from utils.cli import add_image_limit_arg, apply_image_limit  # noqa: E402
+from cli.args import non_negative_int, positive_int, unit_interval_float  # noqa: E402
+from deploy.inference_config import str2bool  # noqa: E402
+from cli.args import add_image_limit_arg, apply_image_limit  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run inference; returns 0, or 1 when some image could not be read."""
     args = build_parser().parse_args(argv)
     apply_image_limit(args.max_image_pixels)
-    from utils.prediction import check_output_path
+    from deploy.prediction import check_output_path
 
     check_output_path(args.output)  # before the model and the images are loaded
-    from utils.inference import run_infer
+    from deploy.predictor import run_infer
 
     return run_infer(args)
 

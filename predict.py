@@ -15,8 +15,8 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from utils.cli import MIN_IMG_SIZE, add_device_arg, add_model_args, image_size, positive_int, unit_interval_float  # noqa: E402
-from utils.cli import add_image_limit_arg, apply_image_limit  # noqa: E402
+from cli.args import MIN_IMG_SIZE, add_device_arg, add_model_args, image_size, positive_int, unit_interval_float  # noqa: E402
+from cli.args import add_image_limit_arg, apply_image_limit  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     import paddle.nn.functional as F
 
     from datasets.config import DATASETS
-    from utils.cli import read_run_config, set_device
+    from cli.args import read_run_config, set_device
     from utils.fileio import atomic_write_json
-    from utils.loading import check_weights_path, load_trained_model
-    from utils.prediction import (check_output_path, collect_inputs, iter_batches, prediction_line, prediction_record,
+    from cli.loading import check_weights_path, load_trained_model
+    from deploy.prediction import (check_output_path, collect_inputs, iter_batches, prediction_line, prediction_record,
                                   report_failures)
 
     check_output_path(args.output)

@@ -13,9 +13,9 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from utils.cli import (add_data_args, add_device_arg, add_model_args, finite_non_negative_float, finite_positive_float,  # noqa: E402
+from cli.args import (add_data_args, add_device_arg, add_model_args, finite_non_negative_float, finite_positive_float,  # noqa: E402
                        momentum_float, non_negative_int, positive_int, unit_interval_float)
-from utils.cli import add_image_limit_arg, apply_image_limit  # noqa: E402
+from cli.args import add_image_limit_arg, apply_image_limit  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     (both save ``interrupted.*`` first)."""
     args = build_parser().parse_args(argv)
     apply_image_limit(args.max_image_pixels)
-    from utils.trainer import TrainingInterrupted, train
+    from engine.trainer import TrainingInterrupted, train
 
     try:
         train(args)

@@ -12,8 +12,8 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from utils.cli import add_data_args, add_device_arg, add_model_args, unit_interval_float  # noqa: E402
-from utils.cli import add_image_limit_arg, apply_image_limit  # noqa: E402
+from cli.args import add_data_args, add_device_arg, add_model_args, unit_interval_float  # noqa: E402
+from cli.args import add_image_limit_arg, apply_image_limit  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
     parser.add_argument("--threshold", type=unit_interval_float, default=0.5,
                         help="score threshold of CP/CR/CF1/OP/OR/OF1, in [0, 1] (default 0.5)")
-    parser.add_argument("--save_scores", default=None, help="write predictions as JSON [{img_path, scores}] for utils.evaluate")
+    parser.add_argument("--save_scores", default=None, help="write predictions as JSON [{img_path, scores}] for evaluation.evaluate")
     parser.add_argument("--json_out", default=None, help="write all metrics as JSON")
     add_device_arg(parser)
     add_image_limit_arg(parser)
@@ -45,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     from datasets.config import dataset_defaults, label_policy
     from datasets.dataset import MultiLabelDataset
     from datasets.transforms import TestTransform
-    from utils.cli import read_run_config, set_device
+    from cli.args import read_run_config, set_device
     from utils.errors import UserError
     from utils.fileio import atomic_write_json
-    from utils.loading import check_weights_path, load_trained_model
-    from utils.metrics import evaluate, format_class_table, format_reference_lines
-    from utils.prediction import check_output_path
-    from utils.scoring import predict_scores
+    from cli.loading import check_weights_path, load_trained_model
+    from evaluation.metrics import evaluate, format_class_table, format_reference_lines
+    from deploy.prediction import check_output_path
+    from engine.scoring import predict_scores
 
     check_output_path(args.save_scores, "--save_scores")  # before the work, not after
     check_output_path(args.json_out, "--json_out")

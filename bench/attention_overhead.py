@@ -112,12 +112,12 @@ def count_macs(model, size: int) -> int:
 
 def _predictor(model, size: int, threads: int, workdir: str, tag: str):
     """``run(x [B, 3, size, size]) -> [B, C]`` through Paddle Inference, configured as infer.py
-    (``utils.inference.build_config``: oneDNN, ``threads`` threads, IR optimisation)."""
+    (``deploy.predictor.build_config``: oneDNN, ``threads`` threads, IR optimisation)."""
     import paddle
     from paddle import inference
 
-    from utils.deploy import ModelFiles
-    from utils.inference import RuntimeOptions, build_config
+    from deploy.inference_config import ModelFiles
+    from deploy.predictor import RuntimeOptions, build_config
 
     prefix = os.path.join(workdir, tag)
     paddle.jit.save(model, prefix, input_spec=[paddle.static.InputSpec([None, 3, size, size], "float32", "image")])

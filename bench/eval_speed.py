@@ -6,7 +6,7 @@ Run from the repository root::
 
 Two synthetic problems: COCO-val sized (40,504 images x 80 classes, binary labels, about
 3 % positives) and VOC07-test sized (4,952 x 20, ternary 1/-1/0 labels). For each it times
-the full ``utils.metrics.evaluate`` (AP, thresholded metrics and top-3 variant; best of
+the full ``evaluation.metrics.evaluate`` (AP, thresholded metrics and top-3 variant; best of
 ``--repeats``) and a plain per-class Python loop computing only the AP the way the reference
 algorithm does (one argsort per class, then a loop over ranks), and prints the speed-up and
 the largest absolute difference between the two sets of per-class APs.
@@ -25,7 +25,7 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from utils.errors import run_cli  # noqa: E402
-from utils.metrics import average_precision, evaluate  # noqa: E402
+from evaluation.metrics import average_precision, evaluate  # noqa: E402
 
 
 def loop_average_precision(scores: np.ndarray, targets: np.ndarray, ignore: tuple[float, ...]) -> np.ndarray:

@@ -12,7 +12,7 @@ What it does, in one run:
 3. counts the model's FLOPs (2 x the multiply-adds of every convolution, counted with
    forward hooks) and derives the compute floor = FLOPs / GEMM rate;
 4. times each setting in its own process (median of ``--iters`` runs after a warm-up run,
-   per batch size) through the same ``utils.inference.Predictor`` infer.py uses;
+   per batch size) through the same ``deploy.predictor.Predictor`` infer.py uses;
 5. runs infer.py on a folder of JPEGs (the shared VOC sample when present) with
    ``--enable_benchmark True`` and compares its images/s with the bare predictor's.
 Random weights do not change the speed of a dense network.
@@ -95,8 +95,8 @@ def worker_dygraph(args: argparse.Namespace) -> dict:
 def worker_predictor(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from utils.deploy import DeployConfig, find_model_files
-    from utils.inference import Predictor, RuntimeOptions
+    from deploy.inference_config import DeployConfig, find_model_files
+    from deploy.predictor import Predictor, RuntimeOptions
 
     files = find_model_files(args.model_dir)
     deploy = DeployConfig.load(files.config_file)
@@ -189,7 +189,7 @@ def _images(folder: Path, count: int) -> Path:
 
 
 def _end_to_end(model_dir: Path, images: Path, batch: int, threads: int, workers: int) -> dict:
-    from utils.benchlog import parse_report
+    from deploy.benchlog import parse_report
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "infer.py", "--model_dir", str(model_dir), "--input_file", str(images), "--batch_size", str(batch),

@@ -27,10 +27,10 @@ import paddle.nn.functional as F  # noqa: E402
 
 from datasets.dataset import MultiLabelDataset, make_loader  # noqa: E402
 from datasets.make_demo import generate_demo  # noqa: E402
-from datasets.prepare_voc import prepare_voc  # noqa: E402
+from datasets.prepare.voc import prepare_voc  # noqa: E402
 from datasets.transforms import TrainTransform  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.trainer import build_optimizer  # noqa: E402
+from engine.trainer import build_optimizer  # noqa: E402
 
 
 def train_rate(model_name: str, img_size: int, batch: int, iters: int) -> float:

@@ -93,7 +93,7 @@ def set_max_image_pixels(n: int | None) -> None:
             ``$CSRA_MAX_IMAGE_PIXELS``, else :data:`DEFAULT_MAX_IMAGE_PIXELS`.
     Returns:
         None. Spawned processes do not inherit it: set the environment variable for them
-        (``utils.cli.apply_image_limit`` does both).
+        (``cli.args.apply_image_limit`` does both).
     Raises:
         ValueError: ``n`` is not None or an integer >= 0.
     """

@@ -39,7 +39,7 @@ def run_script(*args: str, cwd: Path = REPO_ROOT, timeout: float = 600, env: dic
 def tiny_demo(tmp_path_factory) -> dict:
     """A 40-image demo dataset at 64 px, prepared: {'root', 'train', 'test', 'classes', 'images'}."""
     from datasets.make_demo import generate_demo
-    from datasets.prepare_voc import prepare_voc
+    from datasets.prepare.voc import prepare_voc
 
     root = tmp_path_factory.mktemp("tiny_demo")
     summary = generate_demo(root, num_images=40, seed=0, img_size=64)

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.cli import add_model_args, fill_model_defaults  # noqa: E402
+from cli.args import add_model_args, fill_model_defaults  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 

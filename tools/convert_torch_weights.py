@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import add_model_args, model_kwargs  # noqa: E402
+from cli.args import add_model_args, model_kwargs  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 

@@ -152,7 +152,7 @@ def test_infer_prints_predict_lines(exports, predicted, images, tmp_path, heads,
 
 
 def test_benchmark_block(exports, predicted, images) -> None:
-    from utils.benchlog import parse_report
+    from deploy.benchlog import parse_report
 
     result = run_script("infer.py", "--model_dir", str(exports[1]), "--input_file", str(images), "--batch_size", "2",
                         "--enable_benchmark", "True", "--enable_mkldnn", "true", "--cpu_threads", "2")
@@ -241,9 +241,9 @@ def test_export_refuses_weights_without_classifier(runs, tmp_path) -> None:
 
 
 def test_predictor_guards_the_input_shape(exports) -> None:
-    from utils.deploy import DeployConfig, find_model_files
+    from deploy.inference_config import DeployConfig, find_model_files
     from utils.errors import UserError
-    from utils.inference import Predictor, RuntimeOptions
+    from deploy.predictor import Predictor, RuntimeOptions
 
     files = find_model_files(str(exports[1]))
     deploy = DeployConfig.load(files.config_file)
@@ -317,7 +317,7 @@ def test_onnx_export_without_paddle2onnx(runs, tmp_path) -> None:
 
 def test_onnx_missing_tools_message(monkeypatch) -> None:
     from utils.errors import UserError
-    from utils.export import require_onnx_tools
+    from deploy.export import require_onnx_tools
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "paddle2onnx" else real(name, *a))
@@ -326,7 +326,7 @@ def test_onnx_missing_tools_message(monkeypatch) -> None:
 
 
 def test_str2bool() -> None:
-    from utils.deploy import str2bool
+    from deploy.inference_config import str2bool
 
     for text in ("True", "true", "TRUE", "1", "yes", "Yes", " y ", "on"):
         assert str2bool(text) is True
@@ -344,10 +344,10 @@ def test_str2bool() -> None:
 
 
 def test_prefetcher_matches_iter_batches(images, tmp_path) -> None:
-    """Worker processes or not, the batches equal utils.prediction.iter_batches' (ragged end, failures skipped)."""
-    from utils.benchlog import StageTimer
-    from utils.inference import BatchPrefetcher
-    from utils.prediction import iter_batches
+    """Worker processes or not, the batches equal deploy.prediction.iter_batches' (ragged end, failures skipped)."""
+    from deploy.benchlog import StageTimer
+    from deploy.predictor import BatchPrefetcher
+    from deploy.prediction import iter_batches
 
     paths = [str(p) for p in sorted(images.iterdir())]
     bad = tmp_path / "bad.jpg"
@@ -368,7 +368,7 @@ def test_prefetcher_matches_iter_batches(images, tmp_path) -> None:
 
 
 def test_deploy_config_rejects_a_broken_yml(tmp_path) -> None:
-    from utils.deploy import DeployConfig
+    from deploy.inference_config import DeployConfig
     from utils.errors import UserError
 
     path = tmp_path / "inference.yml"
@@ -438,7 +438,7 @@ def test_runtime_option_checks() -> None:
     import paddle
 
     from utils.errors import UserError
-    from utils.inference import RuntimeOptions, check_runtime_options
+    from deploy.predictor import RuntimeOptions, check_runtime_options
 
     check_runtime_options(RuntimeOptions())  # fp32 on CPU
     if paddle.is_compiled_with_cuda():
@@ -502,7 +502,7 @@ def test_attention_export_round_trip(attention_run, tmp_path) -> None:
 
 
 def test_attention_stages_inherited_only_with_the_runs_attention() -> None:
-    from utils.cli import fill_model_defaults
+    from cli.args import fill_model_defaults
 
     run = {"model": "resnet50", "num_heads": 4, "img_size": 224, **ATTENTION_RUN}
 

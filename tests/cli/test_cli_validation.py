@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from utils import cli
+from cli import args as cli
 
 # Arguments each parser requires, so that only the flag under test can fail.
 REQUIRED = {
@@ -93,9 +93,9 @@ def test_type_helpers() -> None:
 
 
 def runnable_files() -> list[str]:
-    """Every module under datasets/, utils/, tools/, bench/ with an ``if __name__ == "__main__":`` block."""
+    """Every module directly under datasets/, evaluation/, tools/, bench/ with an ``if __name__ == "__main__":`` block."""
     found = []
-    for folder in ("datasets", "utils", "tools", "bench"):
+    for folder in ("datasets", "evaluation", "tools", "bench"):
         for path in sorted((REPO_ROOT / folder).glob("*.py")):
             text = path.read_text(encoding="utf-8")
             if "__main__" not in text:
@@ -110,7 +110,7 @@ def runnable_files() -> list[str]:
 
 def test_runnable_files_are_found() -> None:
     files = runnable_files()
-    assert {"datasets/make_demo.py", "utils/evaluate.py", "datasets/prepare_voc.py", "tools/convert_torch_weights.py"} <= set(files)
+    assert {"datasets/make_demo.py", "evaluation/evaluate.py", "datasets/prepare_voc.py", "tools/convert_torch_weights.py"} <= set(files)
 
 
 @pytest.mark.parametrize("script", runnable_files())
@@ -122,4 +122,11 @@ def test_file_form_runs_from_another_folder(script: str, tmp_path: Path) -> None
         # the PyTorch side of the equivalence check: says how to run it instead of crashing
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "torch" in proc.stderr
         return
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["datasets.prepare.voc", "datasets.prepare.coco", "datasets.prepare.wider",
+                                    "datasets.prepare.custom", "evaluation.evaluate"])
+def test_module_form_runs_from_the_repository_root(module: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]

@@ -19,7 +19,7 @@ import paddle
 import pytest
 
 from tests.conftest import run_script, train_flags
-from utils.checkpoint import rng_state, set_rng_state
+from engine.checkpoint import rng_state, set_rng_state
 from utils.errors import UserError
 from utils.paddle_io import GeneratorStateRecord, UnsafePickleError, load_paddle
 

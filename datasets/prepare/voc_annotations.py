@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from datasets.io_utils import format_img_path
+from datasets.prepare.common import format_img_path
 from utils.errors import UserError
 from utils.logger import get_logger
 

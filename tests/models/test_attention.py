@@ -371,7 +371,7 @@ def test_defaults_and_config_round_trip_through_json() -> None:
 def test_cli_attention_stages_reach_build_model(tmp_path: Path) -> None:
     import argparse
 
-    from utils.cli import add_model_args, fill_model_defaults, model_kwargs, read_run_config
+    from cli.args import add_model_args, fill_model_defaults, model_kwargs, read_run_config
 
     parser = argparse.ArgumentParser()
     add_model_args(parser, num_cls_default=5)
@@ -458,7 +458,7 @@ def test_forward_at_224_and_448(name: str) -> None:
 
 @pytest.mark.parametrize("name", RECALIBRATORS + MIXERS)
 def test_training_step_reaches_block_parameters(name: str) -> None:
-    from utils.trainer import build_optimizer
+    from engine.trainer import build_optimizer
 
     paddle.seed(1)
     model = build_model(_arch(name), 4, attention=name, img_size=64)
@@ -480,7 +480,7 @@ def test_training_step_reaches_block_parameters(name: str) -> None:
 
 
 def test_srm_parameters_train_without_weight_decay() -> None:
-    from utils.trainer import build_optimizer, split_parameters
+    from engine.trainer import build_optimizer, split_parameters
 
     model = build_model("resnet18", 3, attention="srm")
     backbone, classifier, no_decay = split_parameters(model)

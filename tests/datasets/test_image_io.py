@@ -19,7 +19,7 @@ from datasets import image_io
 from datasets.image_io import (DEFAULT_MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS_ENV, load_rgb, max_image_pixels,
                                set_max_image_pixels)
 from tests.conftest import REPO_ROOT
-from utils.cli import apply_image_limit
+from cli.args import apply_image_limit
 from utils.errors import UserError
 
 BIG_SIDE = 12000  # 144 million pixels: over the default limit of 89,478,485

@@ -29,7 +29,7 @@ def test_val_prints_reference_lines_and_table(two_epochs, tiny_demo, tmp_path: P
     last_map = re.findall(r"^mAP: \d\.\d{6}$", train_run.stdout, re.M)[-1]
     assert lines[0] == last_map
     # The score file feeds the evaluator and reproduces the numbers.
-    evaluated = run_script("-m", "utils.evaluate", "--pred", str(scores), "--ann", str(tiny_demo["test"]), "--dataset", "voc07")
+    evaluated = run_script("-m", "evaluation.evaluate", "--pred", str(scores), "--ann", str(tiny_demo["test"]), "--dataset", "voc07")
     assert evaluated.returncode == 0, evaluated.stderr
     assert evaluated.stdout.splitlines()[:3] == lines[:3]
     assert json.loads((tmp_path / "m.json").read_text())["mAP"] == pytest.approx(float(lines[0].split()[1]), abs=1e-6)
@@ -144,7 +144,7 @@ def test_infer_output_folder_is_refused_before_loading_the_model(tiny_demo, tmp_
 
 def test_output_in_an_unwritable_folder_is_refused() -> None:
     from utils.errors import UserError
-    from utils.prediction import check_output_path
+    from deploy.prediction import check_output_path
 
     if not Path("/proc").is_dir():
         pytest.skip("needs /proc (a folder nobody can create files in)")
@@ -178,7 +178,7 @@ def test_corrupt_config_json_is_named(script: str, tiny_demo, tmp_path: Path) ->
 
 
 def test_read_run_config(tmp_path: Path) -> None:
-    from utils.cli import read_run_config
+    from cli.args import read_run_config
     from utils.errors import UserError
 
     weights = str(tmp_path / "best.pdparams")

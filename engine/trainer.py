@@ -6,7 +6,7 @@ linear warm-up from 0 over ``warmup_epoch`` epochs; x0.1 every 4 (voc07) or 5 (c
 wider) epochs; flip + RandomResizedCrop(0.7-1.0) + resize; pixels scaled to [0, 1].
 
 Files written to ``save_dir`` (rank 0 only): ``last.*`` and ``interrupted.*`` checkpoint
-sets (see ``utils.checkpoint``), ``best.pdparams`` + ``best.json`` (highest mAP so far),
+sets (see ``engine.checkpoint``), ``best.pdparams`` + ``best.json`` (highest mAP so far),
 ``metrics.jsonl`` (one row per epoch), ``classes.txt`` and ``config.json``. Rank 0 checks the
 folder is writable and holds its run lock (``.lock``, see ``utils.fileio.lock_run_dir``) from
 the start to the end of the run; write errors (disk full...) stop the run with a UserError
@@ -37,15 +37,15 @@ from datasets.dataset import MultiLabelDataset, SeededBatchSampler
 from datasets.samplers import ShardedBatchSampler
 from datasets.transforms import TestTransform, TrainTransform
 from models import build_model
-from utils.checkpoint import find_resume_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint, set_rng_state
-from utils.cli import fill_model_defaults, model_kwargs, read_run_config, resolve_num_classes, set_device
+from engine.checkpoint import find_resume_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint, set_rng_state
+from cli.args import fill_model_defaults, model_kwargs, read_run_config, resolve_num_classes, set_device
 from utils.errors import UserError
 from utils.fileio import (RunLock, atomic_paddle_save, atomic_write_json, atomic_write_text, clean_stale_temps, describe_os_error,
                           lock_run_dir, prepare_output_dir)
 from utils.logger import get_logger
-from utils.lr import WarmupStepDecay
-from utils.metrics import evaluate, format_reference_lines
-from utils.scoring import predict_scores
+from engine.lr import WarmupStepDecay
+from evaluation.metrics import evaluate, format_reference_lines
+from engine.scoring import predict_scores
 
 log = get_logger("train")
 CLASSIFIER_LR_SCALE = 10.0

@@ -3,7 +3,7 @@ and infer.py's main loop.
 
 The images go through exactly predict.py's path: ``datasets.image_io.load_rgb`` ->
 ``datasets.transforms.preprocess`` (mean/std and size from ``inference.yml``) -> the
-program (sigmoid inside) -> ``utils.prediction.prediction_line`` / ``prediction_record``.
+program (sigmoid inside) -> ``deploy.prediction.prediction_line`` / ``prediction_record``.
 So for the same weights and images infer.py prints predict.py's lines.
 
 Overlap: ``predictor.run()`` keeps the Python GIL while it computes, so a thread cannot
@@ -31,11 +31,11 @@ import numpy as np
 
 from datasets.image_io import load_rgb
 from datasets.transforms import preprocess
-from utils.deploy import EXPORT_HINT, DeployConfig, ModelFiles, find_model_files
+from deploy.inference_config import EXPORT_HINT, DeployConfig, ModelFiles, find_model_files
 from utils.errors import UserError
 from utils.logger import get_logger
 from utils.memory import retain_freed_memory
-from utils.prediction import Batch
+from deploy.prediction import Batch
 
 log = get_logger("infer")
 
@@ -292,7 +292,7 @@ def _worker_init(niceness: int) -> None:
 class BatchPrefetcher:
     """Iterate over preprocessed batches of ``paths`` while the previous batch runs.
 
-    Same contract as ``utils.prediction.iter_batches``: batches of 1..batch_size images that
+    Same contract as ``deploy.prediction.iter_batches``: batches of 1..batch_size images that
     loaded, in input order; unreadable files are appended to ``failures`` as (path, reason)
     and skipped. Use as a context manager (it owns the worker processes)::
 
@@ -305,7 +305,7 @@ class BatchPrefetcher:
         batch_size: images per batch.
         failures: list receiving (path, reason).
         workers: worker processes (0: load in the calling thread).
-        timer: optional ``utils.benchlog.StageTimer``; per batch, the preprocessing seconds
+        timer: optional ``deploy.benchlog.StageTimer``; per batch, the preprocessing seconds
             of its images are added to stage ``preprocess``.
         lookahead: images in flight (default ``2 * batch_size + workers``).
         niceness: priority drop of the worker processes (see ``WORKER_NICENESS``).
@@ -413,7 +413,7 @@ class BatchPrefetcher:
 
 def collect_input_files(input_file: str) -> list[str]:
     """``--input_file``: one image, or a folder (its images sorted by name, as predict.py's --img_dir)."""
-    from utils.prediction import collect_inputs
+    from deploy.prediction import collect_inputs
 
     path = Path(input_file)
     if path.is_dir():
@@ -437,9 +437,9 @@ def run_infer(args: argparse.Namespace) -> int:
     Returns:
         0, or 1 when some image could not be read (they are reported on stderr and skipped).
     """
-    from utils.benchlog import BenchInfo, StageTimer, print_report
+    from deploy.benchlog import BenchInfo, StageTimer, print_report
     from utils.fileio import atomic_write_json
-    from utils.prediction import check_output_path, prediction_line, prediction_record, report_failures
+    from deploy.prediction import check_output_path, prediction_line, prediction_record, report_failures
 
     files = find_model_files(args.model_dir, args.model_file, args.params_file)
     if files.config_file is None:

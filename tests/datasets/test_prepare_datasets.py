@@ -13,14 +13,14 @@ import pytest
 
 from datasets.classes import (BUILTIN_CLASSES, COCO_CLASSES, VOC_CLASSES, WIDER_ATTRIBUTES,
                               load_classes, read_class_file, write_class_file)
-from datasets.prepare_coco import prepare_coco
-from datasets.prepare_custom import prepare_custom_csv, prepare_custom_voc, split_indices
-from datasets.prepare_voc import prepare_voc
-from datasets.prepare_wider import prepare_wider
-from datasets.voc import encode_voc_labels, parse_voc_xml
+from datasets.prepare.coco import prepare_coco
+from datasets.prepare.custom import prepare_custom_csv, prepare_custom_voc, split_indices
+from datasets.prepare.voc import prepare_voc
+from datasets.prepare.wider import prepare_wider
+from datasets.prepare.voc_annotations import encode_voc_labels, parse_voc_xml
 from utils.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_JPEG = b"\xff\xd8\xff\xe0 not decoded by the preparation scripts"
 
 
@@ -555,21 +555,21 @@ def test_cli_voc(voc_small: Path, tmp_path: Path) -> None:
     assert len(test) == 5 and test[0]["img_path"] == f"{rel}/VOC2007/JPEGImages/000002.jpg"
     assert (tmp_path / "voc07" / "classes.txt").is_file()
 
-    proc = run_script(["-m", "datasets.prepare_voc", "--data_path", str(tmp_path / "nope"),
+    proc = run_script(["-m", "datasets.prepare.voc", "--data_path", str(tmp_path / "nope"),
                        "--out_dir", str(tmp_path / "x")])
     assert_one_line_error(proc, "nope")
 
 
 def test_cli_voc_unknown_class_one_line(voc_small: Path, tmp_path: Path) -> None:
     write_class_file(tmp_path / "c.txt", ["cat", "dog"])
-    proc = run_script(["-m", "datasets.prepare_voc", "--data_path", str(voc_small),
+    proc = run_script(["-m", "datasets.prepare.voc", "--data_path", str(voc_small),
                        "--out_dir", str(tmp_path / "x"), "--classes", str(tmp_path / "c.txt")])
     assert_one_line_error(proc, ".xml", "--classes")
 
 
 def test_cli_coco(tmp_path: Path) -> None:
     make_coco(tmp_path / "coco")
-    proc = run_script(["-m", "datasets.prepare_coco", "--data_path", str(tmp_path / "coco"),
+    proc = run_script(["-m", "datasets.prepare.coco", "--data_path", str(tmp_path / "coco"),
                        "--out_dir", str(tmp_path / "out"), "--absolute"])
     assert proc.returncode == 0, proc.stderr
     assert len(load(tmp_path / "out" / "train_coco2014.json")) == 2
@@ -585,7 +585,7 @@ def test_cli_wider(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert len(load(tmp_path / "out" / "test_wider.json")) == 1
     (tmp_path / "w" / "Annotations" / "wider_attribute_test.json").write_text('{"images": [')
-    proc = run_script(["-m", "datasets.prepare_wider", "--data_path", str(tmp_path / "w"),
+    proc = run_script(["-m", "datasets.prepare.wider", "--data_path", str(tmp_path / "w"),
                        "--out_dir", str(tmp_path / "o")])
     assert_one_line_error(proc, "wider_attribute_test.json", "line 1")
 
@@ -599,6 +599,6 @@ def test_cli_custom(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert len(load(tmp_path / "out" / "train_custom.json")) == 2
     assert len(load(tmp_path / "out" / "test_custom.json")) == 1
-    proc = run_script(["-m", "datasets.prepare_custom", "--csv", str(tmp_path / "missing.csv"),
+    proc = run_script(["-m", "datasets.prepare.custom", "--csv", str(tmp_path / "missing.csv"),
                        "--out_dir", str(tmp_path / "o")])
     assert_one_line_error(proc, "missing.csv")

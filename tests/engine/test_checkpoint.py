@@ -15,7 +15,7 @@ import paddle
 import pytest
 
 from tests.conftest import REPO_ROOT, run_script, train_flags
-from utils import checkpoint as ckpt
+from engine import checkpoint as ckpt
 from utils.errors import UserError
 from utils.fileio import atomic_write_text, clean_stale_temps, lock_run_dir, prepare_output_dir
 

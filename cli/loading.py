@@ -7,7 +7,7 @@ from pathlib import Path
 from paddle import nn
 
 from datasets.classes import BUILTIN_CLASSES, read_class_file
-from utils.cli import fill_model_defaults, model_kwargs, read_run_config, resolve_num_classes
+from cli.args import fill_model_defaults, model_kwargs, read_run_config, resolve_num_classes
 from utils.errors import UserError
 
 

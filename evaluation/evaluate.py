@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m utils.evaluate --pred scores.json --ann data/voc07/test_voc07.json --dataset voc07
+    python -m evaluation.evaluate --pred scores.json --ann data/voc07/test_voc07.json --dataset voc07
         [--threshold 0.5] [--classes classes.txt] [--json_out metrics.json]
 
 ``--pred`` is a JSON list of ``{"img_path": str, "scores": [C floats]}`` (sigmoid
@@ -30,14 +30,14 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
-if __package__ in (None, ""):  # run as a file (python utils/evaluate.py): make the repository root importable
+if __package__ in (None, ""):  # run as a file (python evaluation/evaluate.py): make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.logger import get_logger  # noqa: E402
-from utils.metrics import (  # noqa: E402
+from evaluation.metrics import (  # noqa: E402
     NO_POSITIVE_CHOICES,
     POLICIES,
     LabelEncodingError,
@@ -240,9 +240,9 @@ def resolve_class_names(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Command-line parser of ``python -m utils.evaluate``."""
+    """Command-line parser of ``python -m evaluation.evaluate``."""
     ap = argparse.ArgumentParser(
-        prog="python -m utils.evaluate",
+        prog="python -m evaluation.evaluate",
         description="Compute mAP, CP/CR/CF1 and OP/OR/OF1 of saved predictions, matched to the "
         "annotations by image path.",
     )

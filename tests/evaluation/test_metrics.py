@@ -1,4 +1,4 @@
-"""Tests of utils.metrics (AP, thresholded metrics, formatting) and the utils.evaluate CLI."""
+"""Tests of evaluation.metrics (AP, thresholded metrics, formatting) and the evaluation.evaluate CLI."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score
 
 from utils.errors import UserError
-from utils.evaluate import match_predictions
-from utils.metrics import (
+from evaluation.evaluate import match_predictions
+from evaluation.metrics import (
     LabelEncodingError,
     average_precision,
     evaluate,
@@ -24,7 +24,7 @@ from utils.metrics import (
     topk_mask,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # A hand-made 4 images x 3 classes case used by several tests.
 HAND_SCORES = np.array(
@@ -344,7 +344,7 @@ def test_match_predictions_errors() -> None:
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "utils.evaluate", *args],
+        [sys.executable, "-m", "evaluation.evaluate", *args],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
 

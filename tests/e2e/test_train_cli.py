@@ -163,7 +163,7 @@ def test_attention_run_trains_and_predicts_from_its_config(tiny_demo, tmp_path: 
 def test_lr_step_flag_sets_the_decay_interval(tiny_demo, tmp_path, extra, step) -> None:
     """--lr_step overrides the dataset's decay interval (demo: 4 epochs)."""
     import train
-    from utils.trainer import Trainer
+    from engine.trainer import Trainer
 
     args = train.build_parser().parse_args(train_flags(tiny_demo, tmp_path / "run", 2, *extra)[1:])
     trainer = Trainer(args)
@@ -178,7 +178,7 @@ def test_training_learns(tmp_path: Path) -> None:
     import json
 
     from datasets.make_demo import Style, generate_demo
-    from datasets.prepare_voc import prepare_voc
+    from datasets.prepare.voc import prepare_voc
 
     easy = Style(num_objects_p=(1.0, 0.0, 0.0, 0.0), small_prob=0.0, home_colour_p=1.0)
     summary = generate_demo(tmp_path / "easy", num_images=560, seed=1, img_size=32, style=easy, test_images=80)

@@ -3,7 +3,7 @@
 ``export_model(args)`` is export_model.py's logic: build the model from the flags (unset
 ones from the ``config.json`` beside the weights), load the weights (classifier included),
 wrap it so the program outputs sigmoid probabilities, ``paddle.jit.save`` it with a
-dynamic batch, and write ``inference.yml`` (see :mod:`utils.deploy`).
+dynamic batch, and write ``inference.yml`` (see :mod:`deploy.inference_config`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from utils.deploy import CONFIG_FILENAME, INPUT_NAME, MODEL_FILENAMES, ONNX_FILENAME, PARAMS_FILENAME, DeployConfig
+from deploy.inference_config import CONFIG_FILENAME, INPUT_NAME, MODEL_FILENAMES, ONNX_FILENAME, PARAMS_FILENAME, DeployConfig
 from utils.errors import UserError
 from utils.logger import get_logger
 
@@ -66,8 +66,8 @@ def build_export_model(args: argparse.Namespace):  # -> tuple[nn.Layer, list[str
     import paddle
 
     from models import build_model
-    from utils.cli import fill_model_defaults, model_kwargs, resolve_num_classes
-    from utils.loading import find_class_names, load_trained_model
+    from cli.args import fill_model_defaults, model_kwargs, resolve_num_classes
+    from cli.loading import find_class_names, load_trained_model
 
     args.load_from = args.model_path
     if args.model_path:

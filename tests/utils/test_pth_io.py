@@ -23,7 +23,7 @@ import pytest
 from utils.errors import UserError
 from utils.pth_io import UnsafePickleError, extract_state_dict, load_pth, save_pth
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 # ----------------------------------------------------------------------------- helpers
 

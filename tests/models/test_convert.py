@@ -18,7 +18,7 @@ from models.convert import FORMAT_CSRA_REFERENCE, FORMAT_TORCHVISION_RESNET, con
 from utils.errors import UserError
 from utils.pth_io import save_pth
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ["--model", "resnet18", "--num_heads", "2", "--lam", "0.3", "--num_cls", "4"]
 
 

@@ -1,9 +1,9 @@
-"""The reference learning-rate schedule (utils.lr.WarmupStepDecay)."""
+"""The reference learning-rate schedule (engine.lr.WarmupStepDecay)."""
 from __future__ import annotations
 
 import pytest
 
-from utils.lr import WarmupStepDecay
+from engine.lr import WarmupStepDecay
 
 
 def _lrs(scheduler: WarmupStepDecay, steps: int) -> list[float]:

@@ -30,7 +30,7 @@ from models.weights import load_state
 from utils.errors import UserError
 from utils.pth_io import save_pth
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_attention import multise3_np, randomize  # noqa: E402
 

@@ -1,0 +1,1 @@
+"""Training: the reference recipe's step, optimizer and schedule, checkpoints, dygraph scoring."""
