@@ -135,17 +135,38 @@ def test_load_classes(tmp_path: Path) -> None:
         load_classes("mydata", None)
 
 
-# --------------------------------------------------------------------------- VOC, real data
+# --------------------------------------------------------------------------- VOC 2007 layout, full annotations
 
-# Hand-checked from the XML files of ../shared/data/voc2007_small. Class indices:
-# 3 boat, 8 chair, 10 diningtable, 11 dog, 14 person, 15 pottedplant, 17 sofa.
-# 000005: chair x5, two of them difficult          -> chair positive
-# 000154: boat (not difficult) + boat (difficult)  -> boat positive
-# 000021: dog, person x3                            -> dog, person
-# 000006 (test): pottedplant, diningtable, chair x6 (4 difficult) -> 1 for those, -1 else
-# 000003 (test): sofa, chair
-# No image of this subset has a class whose objects are all difficult; the synthetic
-# tests below cover that case.
+# A small VOC 2007 folder written by the test itself, in the real dataset's format: the
+# ids and ImageSets lists of a 33-image VOC 2007 subset (18 train + 10 val = 28 trainval,
+# 5 test), full XML files (source, size, pose, truncated, difficult, bndbox, and <part>
+# elements whose <name> is a body part, not a class) and small decodable JPEGs. The images
+# the assertions below check carry the objects of the real images of the same ids;
+# the others hold one object each. Class indices:
+# 2 bird, 3 boat, 6 car, 8 chair, 10 diningtable, 11 dog, 14 person, 15 pottedplant, 17 sofa.
+VOC07_LISTS = {
+    "train": ["000012", "000026", "000034", "000036", "000044", "000047", "000064", "000077",
+              "000078", "000091", "000112", "000122", "000134", "000140", "000141", "000147",
+              "000153", "000154"],
+    "val": ["000005", "000007", "000016", "000019", "000020", "000021", "000024", "000046",
+            "000052", "000060"],
+    "test": ["000002", "000003", "000004", "000006", "000008"],
+}
+# (class, difficult, parts); every id not listed here holds one non-difficult object
+VOC07_OBJECTS: dict[str, list[tuple[str, int, tuple[str, ...]]]] = {
+    "000012": [("car", 0, ())],
+    "000005": [("chair", 0, ()), ("chair", 0, ()), ("chair", 1, ()), ("chair", 0, ()),
+               ("chair", 1, ())],                                     # chair x5, 2 difficult
+    "000154": [("boat", 0, ()), ("boat", 1, ())],                     # one boat difficult
+    "000021": [("dog", 0, ()), ("person", 0, ("head", "foot", "foot")),
+               ("person", 0, ("foot", "head", "hand")),
+               ("person", 0, ("hand", "foot", "foot", "head"))],      # parts are not classes
+    "000006": [("pottedplant", 0, ()), ("diningtable", 0, ()), ("chair", 0, ()),
+               ("chair", 1, ()), ("chair", 1, ()), ("chair", 1, ()), ("chair", 1, ()),
+               ("chair", 0, ())],                                     # chair x6, 4 difficult
+    "000003": [("sofa", 0, ()), ("chair", 0, ())],
+    "000008": [("bird", 1, ()), ("bird", 1, ()), ("person", 0, ())],  # bird: all difficult
+}
 EXPECTED_TRAINVAL = {
     "000005.jpg": [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
     "000154.jpg": [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -154,15 +175,58 @@ EXPECTED_TRAINVAL = {
 EXPECTED_TEST = {
     "000006.jpg": [-1, -1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1, -1, -1, 1, -1, -1, -1, -1],
     "000003.jpg": [-1, -1, -1, -1, -1, -1, -1, -1, 1, -1, -1, -1, -1, -1, -1, -1, -1, 1, -1, -1],
+    "000008.jpg": [-1, -1, 0, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 1, -1, -1, -1, -1, -1],
 }
 
 
-def test_prepare_voc_small(voc_small: Path, tmp_path: Path) -> None:
+def write_full_voc_xml(path: Path, image_id: str,
+                       objects: list[tuple[str, int, tuple[str, ...]]]) -> None:
+    """A VOC 2007 annotation laid out as the dataset's own files are (tab-indented)."""
+    def box(indent: str, x: int) -> str:
+        return (f"{indent}<bndbox>\n{indent}\t<xmin>{x}</xmin>\n{indent}\t<ymin>{x + 1}</ymin>\n"
+                f"{indent}\t<xmax>{x + 20}</xmax>\n{indent}\t<ymax>{x + 15}</ymax>\n{indent}</bndbox>\n")
+
+    parts_xml = []
+    for k, (name, difficult, parts) in enumerate(objects):
+        part_xml = "".join(f"\t\t<part>\n\t\t\t<name>{p}</name>\n{box(chr(9) * 3, 2 + j)}\t\t</part>\n"
+                           for j, p in enumerate(parts))
+        parts_xml.append(f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n"
+                         f"\t\t<truncated>{k % 2}</truncated>\n\t\t<difficult>{difficult}</difficult>\n"
+                         f"{box(chr(9) * 2, 1 + k)}{part_xml}\t</object>\n")
+    path.write_text(
+        f"<annotation>\n\t<folder>VOC2007</folder>\n\t<filename>{image_id}.jpg</filename>\n"
+        "\t<source>\n\t\t<database>The VOC2007 Database</database>\n"
+        "\t\t<annotation>PASCAL VOC2007</annotation>\n\t\t<image>flickr</image>\n\t</source>\n"
+        "\t<size>\n\t\t<width>48</width>\n\t\t<height>32</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+        f"\t<segmented>0</segmented>\n{''.join(parts_xml)}</annotation>\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def voc07_devkit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The VOCdevkit folder of the small VOC 2007 set above (read-only for the tests)."""
+    from PIL import Image
+
+    devkit = tmp_path_factory.mktemp("voc07") / "VOCdevkit"
+    voc = devkit / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    every = VOC07_LISTS["train"] + VOC07_LISTS["val"] + VOC07_LISTS["test"]
+    for n, image_id in enumerate(every):
+        objects = VOC07_OBJECTS.get(image_id, [(VOC_CLASSES[n % 20], 0, ())])
+        write_full_voc_xml(voc / "Annotations" / f"{image_id}.xml", image_id, objects)
+        Image.new("RGB", (48, 32), (7 * n % 256, 90, 200)).save(voc / "JPEGImages" / f"{image_id}.jpg")
+    lists = {**VOC07_LISTS, "trainval": VOC07_LISTS["train"] + VOC07_LISTS["val"]}
+    for name, ids in lists.items():
+        (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return devkit
+
+
+def test_prepare_voc07_layout(voc07_devkit: Path, tmp_path: Path) -> None:
     out = tmp_path / "voc07"
-    written = prepare_voc(str(voc_small), str(out))
+    written = prepare_voc(str(voc07_devkit), str(out))
     assert set(written) == {"trainval", "test", "classes"}
     trainval, test = load(out / "trainval_voc07.json"), load(out / "test_voc07.json")
-    lists = voc_small / "VOC2007" / "ImageSets" / "Main"
+    lists = voc07_devkit / "VOC2007" / "ImageSets" / "Main"
     ids = {n: (lists / f"{n}.txt").read_text().split() for n in ("train", "val", "test")}
     assert [Path(e["img_path"]).stem for e in trainval] == ids["train"] + ids["val"]
     assert [Path(e["img_path"]).stem for e in test] == ids["test"]
@@ -177,19 +241,21 @@ def test_prepare_voc_small(voc_small: Path, tmp_path: Path) -> None:
         assert by_name(test)[name] == target, name
 
     first = trainval[0]["img_path"]
-    assert first == f"{voc_small}/VOC2007/JPEGImages/000012.jpg"
+    assert first == f"{voc07_devkit}/VOC2007/JPEGImages/000012.jpg"
     assert read_class_file(out / "classes.txt") == list(VOC_CLASSES)
 
 
-def test_prepare_voc_absolute_accepts_voc_folder(voc_small: Path, tmp_path: Path,
+def test_prepare_voc_absolute_accepts_voc_folder(voc07_devkit: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(voc_small)
+    monkeypatch.chdir(voc07_devkit)
     prepare_voc("VOC2007", str(tmp_path), absolute=True)  # the VOC2007 folder itself
-    for entry in load(tmp_path / "test_voc07.json"):
+    test = load(tmp_path / "test_voc07.json")
+    assert len(test) == 5
+    for entry in test:
         assert os.path.isabs(entry["img_path"]) and os.path.isfile(entry["img_path"])
 
 
-# --------------------------------------------------------------------------- VOC, synthetic
+# --------------------------------------------------------------------------- VOC, edge cases
 
 
 def test_voc_difficult_encoding(tmp_path: Path) -> None:
@@ -545,8 +611,8 @@ def test_cli_help(script: str) -> None:
     assert proc.returncode == 0 and "errors" in proc.stdout and "--out_dir" in proc.stdout
 
 
-def test_cli_voc(voc_small: Path, tmp_path: Path) -> None:
-    rel = os.path.relpath(voc_small, REPO_ROOT)
+def test_cli_voc(voc07_devkit: Path, tmp_path: Path) -> None:
+    rel = os.path.relpath(voc07_devkit, REPO_ROOT)
     proc = run_script(["datasets/prepare_voc.py", "--data_path", rel,
                        "--out_dir", str(tmp_path / "voc07")])
     assert proc.returncode == 0, proc.stderr
@@ -560,9 +626,9 @@ def test_cli_voc(voc_small: Path, tmp_path: Path) -> None:
     assert_one_line_error(proc, "nope")
 
 
-def test_cli_voc_unknown_class_one_line(voc_small: Path, tmp_path: Path) -> None:
+def test_cli_voc_unknown_class_one_line(voc07_devkit: Path, tmp_path: Path) -> None:
     write_class_file(tmp_path / "c.txt", ["cat", "dog"])
-    proc = run_script(["-m", "datasets.prepare.voc", "--data_path", str(voc_small),
+    proc = run_script(["-m", "datasets.prepare.voc", "--data_path", str(voc07_devkit),
                        "--out_dir", str(tmp_path / "x"), "--classes", str(tmp_path / "c.txt")])
     assert_one_line_error(proc, ".xml", "--classes")
 

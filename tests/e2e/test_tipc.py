@@ -174,26 +174,61 @@ def test_prepare_whole_infer_without_weights_explains(tmp_path):
     assert "weights file is missing" in r.stderr and "TIPC_WEIGHTS" in r.stderr
 
 
-def test_prepare_voc_small(tmp_path, voc_small):
-    """TIPC_DATA=voc_small: real VOC JSONs (absolute paths into ../shared, nothing copied)."""
+def make_voc2007(devkit: Path, n_trainval: int = 28, n_test: int = 5) -> Path:
+    """A small VOC 2007 folder in the dataset's layout: VOC class names (two objects per image,
+    the second difficult in every third image), decodable JPEGs, train/val/trainval/test lists."""
+    from PIL import Image
+
+    from datasets.classes import VOC_CLASSES
+
+    voc = devkit / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    ids = [f"{i:06d}" for i in range(1, n_trainval + n_test + 1)]
+    for n, image_id in enumerate(ids):
+        objects = "".join(
+            f"<object><name>{VOC_CLASSES[(n + k) % 20]}</name><difficult>{int(k == 1 and n % 3 == 0)}</difficult>"
+            "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>20</xmax><ymax>15</ymax></bndbox></object>"
+            for k in range(2))
+        (voc / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename>{objects}</annotation>\n")
+        Image.new("RGB", (48, 32), (7 * n % 256, 90, 200)).save(voc / "JPEGImages" / f"{image_id}.jpg")
+    half = n_trainval // 2
+    lists = {"train": ids[:half], "val": ids[half:n_trainval], "trainval": ids[:n_trainval],
+             "test": ids[n_trainval:]}
+    for name, members in lists.items():
+        (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in members))
+    return devkit
+
+
+def test_prepare_voc_small(tmp_path):
+    """TIPC_DATA=voc_small with VOC_ROOT: VOC JSONs with absolute paths into VOC_ROOT, nothing
+    copied, at most 24 training and 8 test images (here 28 and 5 exist)."""
     import json
 
+    devkit = make_voc2007(tmp_path / "VOCdevkit")
     data = tmp_path / "data"
     cfg = config_copy(tmp_path, "c.txt", {
         12: f"--train_json:lite_train_lite_infer={data}/trainval_voc07.json",
         37: f"--input_file:lite_train_lite_infer={data}/infer_images",
     })
-    r = tipc("prepare.sh", str(cfg), "lite_train_lite_infer", TIPC_DATA="voc_small")
+    r = tipc("prepare.sh", str(cfg), "lite_train_lite_infer", TIPC_DATA="voc_small", VOC_ROOT=str(devkit))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     train = json.loads((data / "trainval_voc07.json").read_text())
     test = json.loads((data / "test_voc07.json").read_text())
     assert len(train) == 24 and len(test) == 5 and len(train[0]["target"]) == 20
     assert all(Path(e["img_path"]).is_absolute() and Path(e["img_path"]).is_file() for e in train + test)
+    assert all(Path(e["img_path"]).resolve().is_relative_to(devkit.resolve()) for e in train + test)
+    assert any(0 in e["target"] for e in test)  # a class with only difficult objects
     images = sorted((data / "infer_images").glob("*.jpg"))
     assert len(images) == 4 and all(p.is_symlink() for p in images)
+    assert [p.name for p in images] == ["000029.jpg", "000030.jpg", "000031.jpg", "000032.jpg"]
     assert (data / "classes.txt").read_text().split()[0] == "aeroplane"
     r = tipc("prepare.sh", str(cfg), "lite_train_lite_infer", TIPC_DATA="nope")
     assert r.returncode == 1 and "TIPC_DATA must be demo or voc_small" in r.stderr
+    r = tipc("prepare.sh", str(cfg), "lite_train_lite_infer", TIPC_DATA="voc_small",
+             VOC_ROOT=str(tmp_path / "nowhere"))
+    assert r.returncode == 1 and "TIPC_DATA=voc_small needs real VOC 2007 images" in r.stderr
 
 
 # ------------------------------------------------------------------ the chain
