@@ -14,12 +14,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# two pytest workers (pytest-xdist): the suite is mostly single-threaded subprocess runs
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 # everything but the end-to-end command-line and TIPC tests (tests/e2e)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q tests --ignore=tests/e2e
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/e2e
 
 demo: $(STAMP)
 	bash tools/demo.sh

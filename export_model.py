@@ -20,50 +20,56 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from cli.args import MIN_IMG_SIZE, add_model_args, image_size, positive_int, unit_interval_float  # noqa: E402
+from cli.args import FROM_RUN, MIN_IMG_SIZE, add_model_args, default_text, image_size, positive_int, unit_interval_float  # noqa: E402
+from datasets.config import DEFAULT_DATASET  # noqa: E402
+from deploy.export import ExportConfig  # noqa: E402  (export_model.py's defaults live there)
+from models.spec import DEFAULT_IMG_SIZE  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """export_model.py's arguments."""
+    """export_model.py's arguments; unset ones are None (``cli.settings.resolve_export`` fills them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", default=None,
                         help="trained weights file (.pdparams, or a reference .pth) including the classifier, e.g. RUN/best.pdparams; "
                         "a folder is refused with the list of its checkpoints")
-    parser.add_argument("--save_dir", default="./inference", help="output folder (default ./inference)")
+    parser.add_argument("--save_dir", default=None, help=f"output folder (default {ExportConfig.save_dir})")
     add_model_args(parser)
     parser.add_argument("--img_size", type=image_size, default=None,
-                        help=f"input side S of the exported program, >= {MIN_IMG_SIZE} (default: the training run's, else 448)")
-    parser.add_argument("--dataset", default=None, help="dataset of the weights: normalisation and built-in class names (default: the training run's, else voc07)")
+                        help=f"input side S of the exported program, >= {MIN_IMG_SIZE} {default_text(DEFAULT_IMG_SIZE, FROM_RUN)}")
+    parser.add_argument("--dataset", default=None, help="dataset of the weights: normalisation and built-in class names "
+                        f"{default_text(DEFAULT_DATASET, FROM_RUN)}")
     parser.add_argument("--classes", default=None, help="class names file (default: classes.txt beside --model_path, else the built-in list)")
-    parser.add_argument("--threshold", type=unit_interval_float, default=0.5,
-                        help="default score threshold stored for infer.py, in [0, 1] (default 0.5)")
+    parser.add_argument("--threshold", type=unit_interval_float, default=None,
+                        help=f"default score threshold stored for infer.py, in [0, 1] (default {ExportConfig.threshold})")
     parser.add_argument("--random_init", action="store_true", help="export an untrained, randomly initialised model (speed tests only)")
     parser.add_argument("--onnx", action="store_true", help="also write DIR/model.onnx with paddle2onnx (pip install -r requirements-onnx.txt)")
-    parser.add_argument("--opset", type=positive_int, default=13, help="ONNX opset version (default 13)")
+    parser.add_argument("--opset", type=positive_int, default=None, help=f"ONNX opset version (default {ExportConfig.opset})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Export; prints the written files. Returns 0 (errors are UserError -> exit 2)."""
     args = build_parser().parse_args(argv)
-    from deploy.export import check_weights_choice, export_model
+    from deploy.export import check_weights_choice
 
     check_weights_choice(args.model_path, args.random_init)  # before importing paddle
-    from cli.loading import check_weights_path
+    from utils.quiet import quiet_paddle
 
-    check_weights_path(args.model_path, "--model_path")
-    paths = export_model(args)
+    quiet_paddle()
+    from cli.settings import resolve_export
+    from deploy.export import export_model
     from deploy.inference_config import DeployConfig
 
+    config = resolve_export(args)
+    paths = export_model(config)
     cfg = DeployConfig.load(paths["config_file"])
     attention = f", attention {cfg.attention} in stage(s) {','.join(map(str, cfg.attention_stages or []))}" if cfg.attention else ""
     print(f"exported {cfg.model} + CSRA ({cfg.num_classes} classes, {cfg.num_heads} head(s), {cfg.img_size}px{attention}) "
-          f"to {args.save_dir}:")
+          f"to {config.save_dir}:")
     for path in paths.values():
         print(f"  {path}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -22,6 +22,7 @@ _THREADS = configure_threads()
 
 from cli.args import non_negative_int, positive_int, unit_interval_float  # noqa: E402
 from deploy.inference_config import str2bool  # noqa: E402
+from deploy.predictor import PRECISIONS, InferConfig, RuntimeOptions  # noqa: E402  (infer.py's defaults live there)
 from cli.args import add_image_limit_arg, apply_image_limit  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
@@ -35,31 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--params_file", default=None, help="weights file (default DIR/inference.pdiparams)")
     data = parser.add_argument_group("input and output")
     data.add_argument("--input_file", required=True, help="an image, or a folder of images (not recursive)")
-    data.add_argument("--batch_size", type=positive_int, default=8, help="images per predictor run (default 8)")
-    data.add_argument("--num_workers", type=non_negative_int, default=1,
-                      help="processes decoding/preprocessing the next images during inference (default 1; 0: none)")
+    data.add_argument("--batch_size", type=positive_int, default=InferConfig.batch_size,
+                      help="images per predictor run (default %(default)s)")
+    data.add_argument("--num_workers", type=non_negative_int, default=InferConfig.num_workers,
+                      help="processes decoding/preprocessing the next images during inference (default %(default)s; 0: none)")
     data.add_argument("--threshold", type=unit_interval_float, default=None,
                       help="report classes with score >= this, in [0, 1] (default: inference.yml's, 0.5)")
     data.add_argument("--topk", type=positive_int, default=None, help="report at most the K best classes above the threshold")
     data.add_argument("--output", default=None,
                       help="also write all scores and labels to this JSON file (predict.py's format; checked before any work)")
     run = parser.add_argument_group("runtime")
-    run.add_argument("--use_gpu", type=str2bool, default=False, help="run on the GPU (needs a CUDA build of Paddle; default False)")
-    run.add_argument("--gpu_id", type=non_negative_int, default=0, help="GPU index (default 0)")
-    run.add_argument("--gpu_mem", type=positive_int, default=500, help="initial GPU memory pool in MB (default 500)")
-    run.add_argument("--use_tensorrt", type=str2bool, default=False, help="TensorRT subgraphs (GPU build with TensorRT; default False)")
-    run.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+    opts = RuntimeOptions  # the class's field defaults
+    run.add_argument("--use_gpu", type=str2bool, default=opts.use_gpu,
+                     help="run on the GPU (needs a CUDA build of Paddle; default %(default)s)")
+    run.add_argument("--gpu_id", type=non_negative_int, default=opts.gpu_id, help="GPU index (default %(default)s)")
+    run.add_argument("--gpu_mem", type=positive_int, default=opts.gpu_mem, help="initial GPU memory pool in MB (default %(default)s)")
+    run.add_argument("--use_tensorrt", type=str2bool, default=opts.use_tensorrt,
+                     help="TensorRT subgraphs (GPU build with TensorRT; default %(default)s)")
+    run.add_argument("--precision", default=opts.precision, choices=list(PRECISIONS),
                      help="fp32 (default; the only choice on CPU, fp16/int8 are refused there); fp16 on GPU; "
                      "int8 with TensorRT and a quantised model")
-    run.add_argument("--enable_mkldnn", type=str2bool, default=True, help="oneDNN kernels on CPU (default True)")
+    run.add_argument("--enable_mkldnn", type=str2bool, default=opts.enable_mkldnn, help="oneDNN kernels on CPU (default %(default)s)")
     run.add_argument("--cpu_threads", type=positive_int, default=_THREADS,
                      help="CPU math threads (default: $OMP_NUM_THREADS, else the number of cores: %(default)s here)")
-    run.add_argument("--ir_optim", type=str2bool, default=True, help="graph optimisation passes (default True)")
-    run.add_argument("--memory_optim", type=str2bool, default=False, help="reuse buffers (less memory; default False)")
+    run.add_argument("--ir_optim", type=str2bool, default=opts.ir_optim, help="graph optimisation passes (default %(default)s)")
+    run.add_argument("--memory_optim", type=str2bool, default=opts.memory_optim, help="reuse buffers (less memory; default %(default)s)")
     bench = parser.add_argument_group("benchmark")
-    bench.add_argument("--enable_benchmark", type=str2bool, default=False,
-                       help="print an AutoLog-style timing/memory block after the predictions (default False)")
-    bench.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up runs before a benchmark (default 1)")
+    bench.add_argument("--enable_benchmark", type=str2bool, default=InferConfig.enable_benchmark,
+                       help="print an AutoLog-style timing/memory block after the predictions (default %(default)s)")
+    bench.add_argument("--warmup", type=non_negative_int, default=InferConfig.warmup,
+                       help="untimed warm-up runs before a benchmark (default %(default)s)")
     add_image_limit_arg(parser)
     return parser
 
@@ -71,10 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.prediction import check_output_path
 
     check_output_path(args.output)  # before the model and the images are loaded
+    from utils.quiet import quiet_paddle
+
+    quiet_paddle()
+    from cli.settings import resolve_infer
     from deploy.predictor import run_infer
 
-    return run_infer(args)
-
+    return run_infer(resolve_infer(args))
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

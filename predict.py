@@ -15,13 +15,17 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from cli.args import MIN_IMG_SIZE, add_device_arg, add_model_args, image_size, positive_int, unit_interval_float  # noqa: E402
+from cli.args import (FROM_RUN, MIN_IMG_SIZE, add_device_arg, add_model_args, default_text, image_size,  # noqa: E402
+                      positive_int, unit_interval_float)
 from cli.args import add_image_limit_arg, apply_image_limit  # noqa: E402
+from cli.settings import PredictSettings  # noqa: E402  (predict.py's defaults live there)
+from datasets.config import DEFAULT_DATASET  # noqa: E402
+from models.spec import DEFAULT_IMG_SIZE  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """predict.py's arguments."""
+    """predict.py's arguments; unset ones are None (``cli.settings.resolve_predict`` fills them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="*", help="image files (in addition to --img_dir)")
     parser.add_argument("--img_dir", default=None, help="folder of images (not recursive)")
@@ -29,13 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trained weights file (.pdparams or a reference .pth), e.g. RUN/best.pdparams; "
                         "a folder is refused with the list of its checkpoints")
     add_model_args(parser)
-    parser.add_argument("--dataset", default=None, help="dataset of the weights: built-in class names and normalisation")
+    parser.add_argument("--dataset", default=None, help="dataset of the weights: built-in class names and normalisation "
+                        f"{default_text(DEFAULT_DATASET, FROM_RUN)}")
     parser.add_argument("--classes", default=None, help="class names file (default: classes.txt beside --load_from)")
     parser.add_argument("--img_size", type=image_size, default=None,
-                        help=f"input side in pixels, >= {MIN_IMG_SIZE} (default: the training run's, else 448)")
-    parser.add_argument("--batch_size", type=positive_int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--threshold", type=unit_interval_float, default=0.5,
-                        help="report classes with sigmoid score >= this, in [0, 1] (default 0.5)")
+                        help=f"input side in pixels, >= {MIN_IMG_SIZE} {default_text(DEFAULT_IMG_SIZE, FROM_RUN)}")
+    parser.add_argument("--batch_size", type=positive_int, default=None,
+                        help=f"images per forward pass (default {PredictSettings.batch_size})")
+    parser.add_argument("--threshold", type=unit_interval_float, default=None,
+                        help=f"report classes with sigmoid score >= this, in [0, 1] (default {PredictSettings.threshold})")
     parser.add_argument("--topk", type=positive_int, default=None, help="report at most the K best classes above the threshold")
     parser.add_argument("--output", default=None,
                         help="also write all scores and labels to this JSON file (checked before any image is predicted)")
@@ -48,36 +54,37 @@ def main(argv: list[str] | None = None) -> int:
     """Predict; prints one line per image. Returns 0, or 1 when some file could not be read."""
     args = build_parser().parse_args(argv)
     apply_image_limit(args.max_image_pixels)
-    import paddle
-    import paddle.nn.functional as F
-
-    from datasets.config import DATASETS
-    from cli.args import read_run_config, set_device
-    from utils.fileio import atomic_write_json
-    from cli.loading import check_weights_path, load_trained_model
-    from deploy.prediction import (check_output_path, collect_inputs, iter_batches, prediction_line, prediction_record,
-                                  report_failures)
+    from deploy.prediction import check_output_path
 
     check_output_path(args.output)
-    check_weights_path(args.load_from)
-    paths = collect_inputs(args.img_dir, args.images)
-    set_device(args.device)
-    args.dataset = args.dataset or read_run_config(args.load_from).get("dataset", "voc07")
-    model, names = load_trained_model(args)
-    defaults = DATASETS.get(args.dataset, DATASETS["voc07"])
+    from utils.quiet import quiet_paddle
+
+    paddle = quiet_paddle()
+    import paddle.nn.functional as F
+
+    from cli.loading import load_trained_model
+    from cli.settings import resolve_predict
+    from deploy.prediction import collect_inputs, iter_batches, prediction_line, prediction_record, report_failures
+    from engine.device import select_device
+    from utils.fileio import atomic_write_json
+
+    settings = resolve_predict(args)
+    paths = collect_inputs(settings.img_dir, settings.images)
+    select_device(settings.device)
+    model = load_trained_model(settings.weights, settings.model)
+    names = list(settings.class_names)
     failures: list[tuple[str, str]] = []
     records = []
     with paddle.no_grad():
-        for batch in iter_batches(paths, args.img_size, defaults.mean, defaults.std, args.batch_size, failures):
+        for batch in iter_batches(paths, settings.model.img_size, settings.mean, settings.std, settings.batch_size, failures):
             scores = F.sigmoid(model(paddle.to_tensor(batch.images))).numpy()
             for path, row in zip(batch.paths, scores):
-                print(prediction_line(path, row, names, args.threshold, args.topk), flush=True)
-                records.append(prediction_record(path, row, names, args.threshold, args.topk))
+                print(prediction_line(path, row, names, settings.threshold, settings.topk), flush=True)
+                records.append(prediction_record(path, row, names, settings.threshold, settings.topk))
     report_failures(failures)
-    if args.output:
-        atomic_write_json(args.output, records, indent=1)
+    if settings.output:
+        atomic_write_json(settings.output, records, indent=1)
     return 1 if failures else 0
-
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

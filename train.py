@@ -13,59 +13,77 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from cli.args import (add_data_args, add_device_arg, add_model_args, finite_non_negative_float, finite_positive_float,  # noqa: E402
-                       momentum_float, non_negative_int, positive_int, unit_interval_float)
-from cli.args import add_image_limit_arg, apply_image_limit  # noqa: E402
+from cli.args import (DEFAULT_TRAIN_SAVE_DIR, FROM_RESUMED_RUN, add_data_args, add_device_arg,  # noqa: E402
+                      add_image_limit_arg, add_model_args, apply_image_limit, finite_non_negative_float,
+                      finite_positive_float, momentum_float, non_negative_int, positive_int, unit_interval_float)
+from engine.config import TrainConfig as T  # noqa: E402  (the recipe's defaults live there)
 from utils.errors import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """train.py's arguments: the reference's flags plus resume, seeds, checkpoints and devices."""
+    """train.py's arguments: the reference's flags plus resume, seeds, checkpoints and devices.
+
+    Every default is None ("not given"): ``cli.settings.resolve_train`` fills them from the
+    resumed run's config.json (with --resume) or the defaults named in the help.
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(parser)
-    add_data_args(parser, train=True)
+    add_model_args(parser, defaults_from=FROM_RESUMED_RUN)
+    add_data_args(parser, train=True, batch_size=T.batch_size, num_workers=T.num_workers, defaults_from=FROM_RESUMED_RUN)
     opt = parser.add_argument_group("optimisation (reference defaults)")
-    opt.add_argument("--lr", type=finite_positive_float, default=0.01,
-                     help="backbone learning rate, finite > 0; the classifier uses 10x (default 0.01)")
-    opt.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum, in [0, 1) (default 0.9)")
-    opt.add_argument("--w_d", type=finite_non_negative_float, default=1e-4, help="weight decay on all parameters, >= 0 (default 1e-4)")
-    opt.add_argument("--warmup_epoch", type=finite_non_negative_float, default=2,
-                     help="linear warm-up epochs, 0 for none; fractions allowed, e.g. 0.25 (default 2)")
+    opt.add_argument("--lr", type=finite_positive_float, default=None,
+                     help=f"backbone learning rate, finite > 0; the classifier uses 10x (default {T.lr})")
+    opt.add_argument("--momentum", type=momentum_float, default=None, help=f"SGD momentum, in [0, 1) (default {T.momentum})")
+    opt.add_argument("--w_d", type=finite_non_negative_float, default=None,
+                     help=f"weight decay on all parameters, >= 0 (default {T.weight_decay:g})")
+    opt.add_argument("--warmup_epoch", type=finite_non_negative_float, default=None,
+                     help=f"linear warm-up epochs, 0 for none; fractions allowed, e.g. 0.25 (default {T.warmup_epochs:g})")
     opt.add_argument("--lr_step", type=positive_int, default=None,
                      help="epochs between x0.1 learning-rate decays (default: per --dataset, 4 voc07/demo/custom, 5 coco/wider)")
-    opt.add_argument("--total_epoch", type=positive_int, default=30, help="epochs (default 30)")
-    opt.add_argument("--freeze_bn", action="store_true",
+    opt.add_argument("--total_epoch", type=positive_int, default=None,
+                     help=f"epochs (default {T.epochs}; with --resume the run's, and it may be raised to train longer)")
+    opt.add_argument("--freeze_bn", action="store_true", default=None,
                      help="keep BatchNorm in inference mode while training (running statistics fixed; affine still trained)")
-    opt.add_argument("--amp", action="store_true", help="mixed precision (GPU only; ignored with a note on CPU)")
+    opt.add_argument("--amp", action="store_true", default=None, help="mixed precision (GPU only; ignored with a note on CPU)")
     run = parser.add_argument_group("run")
-    run.add_argument("--save_dir", default="output/train",
-                     help="checkpoints, metrics.jsonl, config (created if missing; locked while a run uses it)")
+    run.add_argument("--save_dir", default=None,
+                     help=f"checkpoints, metrics.jsonl, config (created if missing; locked while a run uses it) "
+                     f"(default {DEFAULT_TRAIN_SAVE_DIR}; with --resume the resumed run's folder)")
     run.add_argument("--pretrained", default=None, help="initial weights: .pdparams/.pth path, http(s) URL, or 'imagenet'")
     run.add_argument("--cutmix", dest="pretrained", help="the reference's flag for a CutMix backbone: same as --pretrained")
-    run.add_argument("--resume", default=None, help="resume from a save_dir or a checkpoint file (last/interrupted)")
-    run.add_argument("--seed", type=non_negative_int, default=0, help="seed of init, shuffling and augmentation (default 0)")
-    run.add_argument("--eval_interval", type=positive_int, default=1, help="evaluate every N epochs and at the end (default 1)")
-    run.add_argument("--threshold", type=unit_interval_float, default=0.5,
-                     help="score threshold of CP/CR/CF1/OP/OR/OF1, in [0, 1] (default 0.5)")
-    run.add_argument("--print_freq", type=non_negative_int, default=100, help="log a line every N batches, 0 for none (default 100)")
-    run.add_argument("--shared_memory", action=argparse.BooleanOptionalAction, default=True,
-                     help="loader workers pass batches through /dev/shm (disable where it is small, e.g. Docker)")
-    add_device_arg(run)
+    run.add_argument("--resume", default=None,
+                     help="continue a run from its save_dir (or a last.*/interrupted.* file): every setting is restored from "
+                     "its config.json; only --total_epoch, --eval_interval, --print_freq, --num_workers, --shared_memory, "
+                     "--device and --threshold may be changed")
+    run.add_argument("--seed", type=non_negative_int, default=None, help=f"seed of init, shuffling and augmentation (default {T.seed})")
+    run.add_argument("--eval_interval", type=positive_int, default=None,
+                     help=f"evaluate every N epochs and at the end (default {T.eval_interval})")
+    run.add_argument("--threshold", type=unit_interval_float, default=None,
+                     help=f"score threshold of CP/CR/CF1/OP/OR/OF1, in [0, 1] (default {T.threshold})")
+    run.add_argument("--print_freq", type=non_negative_int, default=None,
+                     help=f"log a line every N batches, 0 for none (default {T.print_freq})")
+    run.add_argument("--shared_memory", action=argparse.BooleanOptionalAction, default=None,
+                     help="loader workers pass batches through /dev/shm (disable where it is small, e.g. Docker) (default: on)")
+    add_device_arg(run, defaults_from=FROM_RESUMED_RUN)
     add_image_limit_arg(run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and train; returns 0 on success, 130 after SIGINT and 143 after SIGTERM
-    (both save ``interrupted.*`` first)."""
+    """Parse arguments, resolve the settings once and train; returns 0 on success, 130 after
+    SIGINT and 143 after SIGTERM (both save ``interrupted.*`` first)."""
     args = build_parser().parse_args(argv)
     apply_image_limit(args.max_image_pixels)
+    from utils.quiet import quiet_paddle
+
+    quiet_paddle()
+    from cli.settings import resolve_train
     from engine.trainer import TrainingInterrupted, train
 
+    config = resolve_train(args)
     try:
-        train(args)
+        train(config)
     except TrainingInterrupted as exc:
-        print(f"interrupted by {exc.signal_name}: resume with --resume {args.save_dir}", file=sys.stderr)
+        print(f"interrupted by {exc.signal_name}: resume with --resume {config.save_dir}", file=sys.stderr)
         return exc.exit_code
     return 0
 

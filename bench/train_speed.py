@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
-import paddle.nn.functional as F  # noqa: E402
 
-from datasets.dataset import MultiLabelDataset, make_loader  # noqa: E402
+from datasets.dataset import MultiLabelDataset  # noqa: E402
+from datasets.loader import make_loader  # noqa: E402
 from datasets.make_demo import generate_demo  # noqa: E402
 from datasets.prepare.voc import prepare_voc  # noqa: E402
 from datasets.transforms import TrainTransform  # noqa: E402
 from models import build_model  # noqa: E402
-from engine.trainer import build_optimizer  # noqa: E402
+from engine.trainer import build_optimizer, train_step  # noqa: E402
 
 
 def train_rate(model_name: str, img_size: int, batch: int, iters: int) -> float:
@@ -44,11 +44,7 @@ def train_rate(model_name: str, img_size: int, batch: int, iters: int) -> float:
     times = []
     for i in range(iters + 1):
         t0 = time.perf_counter()
-        loss = F.binary_cross_entropy_with_logits(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.clear_grad()
-        sched.step()
+        loss = train_step(model, opt, sched, x, y)  # the Trainer's step
         float(loss)
         if i:
             times.append(time.perf_counter() - t0)

@@ -2,6 +2,11 @@
 
 Each ``add_*_args(parser)`` adds one group of options; scripts compose them, so a flag has
 the same name, type, default and help everywhere.
+
+This module imports neither Paddle nor a module that does (``--help`` stays fast): the
+model and attention names come from ``models.spec``. Flags whose value may come from a
+training run's ``config.json`` default to None ("not given"); ``cli.settings`` resolves
+flags + config.json + defaults into typed settings once, after parsing.
 """
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import argparse
 import math
 from typing import Any
 
-DEFAULT_MODEL = "resnet101"
+from models.spec import (ATTENTION_NAMES, DEFAULT_IMG_SIZE, DEFAULT_LAM, DEFAULT_MODEL, DEFAULT_NUM_HEADS, MODEL_NAMES,
+                         canonical_attention)
+from models.spec import SUPPORTED_HEADS, parse_stages  # models/ owns the head table and the one stages parser
 
 
 # Smallest --img_size accepted. ResNet downsamples by 32: a smaller input is smaller than one
@@ -90,37 +97,63 @@ def momentum_float(text: str) -> float:
 
 
 def stage_list(text: str) -> list[int]:
-    """argparse type: comma-separated ResNet stages 1..4, e.g. ``3,4`` -> [3, 4]."""
+    """argparse type: ``models.spec.parse_stages`` (comma-separated stages 1..4, e.g. ``3,4`` -> [3, 4]);
+    its UserError becomes an ArgumentTypeError with the same message (argparse names the flag)."""
+    from utils.errors import UserError
+
     try:
-        stages = [int(p) for p in text.replace(" ", "").split(",") if p]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated stages 1..4 such as 3,4, got {text!r}") from None
-    if not stages or any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
-        raise argparse.ArgumentTypeError(f"must be distinct stages 1..4 such as 3,4, got {text!r}")
-    return sorted(stages)
+        return parse_stages(text) or []
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--attention_stages ")) from None
 
 
+# The model flags' defaults (models.spec is their home): the value when neither the flag nor
+# the training run's config.json gives one.
 MODEL_DEFAULTS: dict[str, Any] = {
-    "model": DEFAULT_MODEL, "num_heads": 1, "lam": 0.1, "attention": None, "attention_stages": None, "img_size": 448,
+    "model": DEFAULT_MODEL, "num_heads": DEFAULT_NUM_HEADS, "lam": DEFAULT_LAM, "attention": None, "attention_stages": None,
+    "img_size": DEFAULT_IMG_SIZE,
 }
 
+DEFAULT_TRAIN_SAVE_DIR = "output/train"  # train.py --save_dir when neither the flag nor --resume gives the folder
 
-def add_model_args(parser: argparse.ArgumentParser, num_cls_default: int | None = None) -> argparse._ArgumentGroup:
+# How help texts name a default that a training run's config.json may replace.
+FROM_RUN = "the training run's config.json, else"
+FROM_RESUMED_RUN = "the resumed run's config.json with --resume, else"
+
+
+def default_text(value: Any, source: str | None) -> str:
+    """``(default: SOURCE VALUE)`` or ``(default VALUE)`` for help texts."""
+    return f"(default: {source} {value})" if source else f"(default {value})"
+
+
+def add_model_args(parser: argparse.ArgumentParser, num_cls_default: int | None = None,
+                   defaults_from: str | None = FROM_RUN) -> argparse._ArgumentGroup:
     """Add ``--model --num_heads --lam --num_cls --attention --attention_stages`` (the model flags).
 
-    Their defaults are None so that ``fill_model_defaults`` can take unset values from a
-    training run's ``config.json`` before falling back to the reference defaults.
-    """
-    from models import MODELS
+    Their defaults are None ("not given") so that ``cli.settings`` can take unset values from a
+    training run's ``config.json`` before falling back to ``MODEL_DEFAULTS``.
 
+    Args:
+        parser: the script's parser.
+        num_cls_default: a fixed ``--num_cls`` default (tools), else None: the number of class names.
+        defaults_from: how help texts say where unset values come from (``FROM_RUN``,
+            ``FROM_RESUMED_RUN``, or None for the plain defaults).
+    Returns:
+        the argument group.
+    """
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=None, help=f"backbone + CSRA model: {', '.join(MODELS.names())} (default {DEFAULT_MODEL})")
-    group.add_argument("--num_heads", type=positive_int, default=None, choices=[1, 2, 4, 6, 8], help="CSRA heads (default 1)")
-    group.add_argument("--lam", type=finite_positive_float, default=None, help="weight of the attention logit, > 0 (default 0.1)")
+    group.add_argument("--model", default=None,
+                       help=f"backbone + CSRA model: {', '.join(MODEL_NAMES)} {default_text(DEFAULT_MODEL, defaults_from)}")
+    group.add_argument("--num_heads", type=positive_int, default=None, choices=list(SUPPORTED_HEADS),
+                       help=f"CSRA heads {default_text(DEFAULT_NUM_HEADS, defaults_from)}")
+    group.add_argument("--lam", type=finite_positive_float, default=None,
+                       help=f"weight of the attention logit, > 0 {default_text(DEFAULT_LAM, defaults_from)}")
     group.add_argument("--num_cls", type=positive_int, default=num_cls_default,
                        help="number of classes (default: the number of class names found)" if num_cls_default is None
-                       else "number of classes (default %(default)s)")
-    group.add_argument("--attention", default=None, help="attention block inside the ResNet blocks (default: none)")
+                       else f"number of classes (default {num_cls_default})")
+    group.add_argument("--attention", default=None,
+                       help=f"attention block inside the ResNet blocks: {', '.join(ATTENTION_NAMES)}, or none "
+                       f"{default_text('none', defaults_from)}")
     group.add_argument("--attention_stages", type=stage_list, default=None,
                        help="ResNet stages receiving --attention, comma-separated, e.g. 3,4 "
                        "(default: the block's own, recalibrators 1,2,3,4, at 4, emod 3,4)")
@@ -185,80 +218,74 @@ def read_run_config(weights: str | None) -> dict[str, Any]:
 
 def _same_attention(a: Any, b: Any) -> bool:
     """Whether two attention settings name the same block (aliases and case resolved; None == 'none')."""
-    def canonical(name: Any) -> str | None:
-        if name is None or str(name).strip().lower() in ("", "none", "null"):
-            return None
-        try:
-            from models.attention import validate_attention
-
-            return validate_attention(str(name))
-        except Exception:  # unknown name: build_model reports it later
-            return str(name).strip().lower()
-
-    return canonical(a) == canonical(b)
+    return canonical_attention(a) == canonical_attention(b)
 
 
-def fill_model_defaults(args: argparse.Namespace, run_config: dict[str, Any] | None = None) -> argparse.Namespace:
-    """Fill model flags left unset: from ``run_config`` (a training run's config), else the reference defaults.
+def model_fields(given: dict[str, Any], run_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model settings (the keys of ``MODEL_DEFAULTS``): given values, else ``run_config``'s, else the defaults.
 
     ``attention_stages`` belongs to the run's attention block: it is inherited only when the
     attention ends up being the run's (``--attention`` unset, or naming the same block). With
     ``--attention`` overridden to another block (or ``none``) the stages fall back to that
     block's default unless ``--attention_stages`` is given.
+
+    Args:
+        given: flag values, None meaning "not given" (e.g. ``vars(args)``).
+        run_config: a training run's config.json (``read_run_config``), or None.
+    Returns:
+        a new dict {model, num_heads, lam, attention, attention_stages, img_size}; nothing is mutated.
     """
     run_config = run_config or {}
-    attention_given = getattr(args, "attention", None) is not None
+    attention_given = given.get("attention") is not None
+    out: dict[str, Any] = {}
     for key, default in MODEL_DEFAULTS.items():
-        if getattr(args, key, None) is not None:
-            continue
-        if key == "attention_stages" and attention_given and not _same_attention(args.attention, run_config.get("attention")):
-            setattr(args, key, default)
-            continue
-        setattr(args, key, run_config.get(key, default))
-    return args
+        if given.get(key) is not None:
+            out[key] = given[key]
+        elif key == "attention_stages" and attention_given and not _same_attention(given["attention"], run_config.get("attention")):
+            out[key] = default
+        else:
+            value = run_config.get(key)
+            out[key] = default if value is None else value
+    return out
 
 
-def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``build_model`` keyword arguments named by the model flags (and ``--img_size``,
-    which sizes GE's global kernels, when the script has that flag)."""
-    has_img_size = hasattr(args, "img_size")
-    fill_model_defaults(args)
-    kwargs = {
-        "name": args.model,
-        "num_classes": args.num_cls,
-        "num_heads": args.num_heads,
-        "lam": args.lam,
-        "attention": args.attention,
-        "attention_stages": args.attention_stages,
-    }
-    if has_img_size:
-        kwargs["img_size"] = args.img_size
-    return kwargs
+def add_data_args(parser: argparse.ArgumentParser, train: bool = False, batch_size: int = 16, num_workers: int = 0,
+                  defaults_from: str | None = FROM_RUN) -> argparse._ArgumentGroup:
+    """Add ``--dataset --test_json [--train_json] --classes --img_size --batch_size --num_workers``.
 
-
-def add_data_args(parser: argparse.ArgumentParser, train: bool = False) -> argparse._ArgumentGroup:
-    """Add ``--dataset --test_json [--train_json] --classes --img_size --batch_size --num_workers``."""
-    from datasets.config import DATASETS
+    Args:
+        parser: the script's parser.
+        train: also add ``--train_json``.
+        batch_size, num_workers: the defaults named in the help (the script's settings class holds them).
+        defaults_from: how help texts say where unset ``--dataset``/``--img_size`` come from.
+    Returns:
+        the argument group. Every default is None ("not given"); ``cli.settings`` fills them.
+    """
+    from datasets.config import DATASETS, DEFAULT_DATASET
 
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=None, choices=list(DATASETS),
-                       help="dataset: chooses default JSON paths, LR step and label policy (default voc07, or the training run's)")
+                       help=f"dataset: chooses default JSON paths, LR step and label policy {default_text(DEFAULT_DATASET, defaults_from)}")
     if train:
         group.add_argument("--train_json", default=None, help="training split JSON (default: per --dataset)")
     group.add_argument("--test_json", default=None, help="evaluation split JSON (default: per --dataset)")
     group.add_argument("--classes", default=None, help="class names file (default: classes.txt beside the JSON, else built-in)")
     group.add_argument("--img_size", type=image_size, default=None,
-                       help=f"input side in pixels, >= {MIN_IMG_SIZE} (default 448, or the training run's)")
-    group.add_argument("--batch_size", type=positive_int, default=16, help="images per batch (default 16)")
-    group.add_argument("--num_workers", type=non_negative_int, default=0,
-                       help="data-loader worker processes (default 0: load in the main process)")
+                       help=f"input side in pixels, >= {MIN_IMG_SIZE} {default_text(DEFAULT_IMG_SIZE, defaults_from)}")
+    group.add_argument("--batch_size", type=positive_int, default=None, help=f"images per batch (default {batch_size})")
+    group.add_argument("--num_workers", type=non_negative_int, default=None,
+                       help=f"data-loader worker processes (default {num_workers}: load in the main process)" if num_workers == 0
+                       else f"data-loader worker processes (default {num_workers})")
     return group
 
 
-def add_device_arg(parser: argparse.ArgumentParser) -> None:
-    """Add ``--device {auto,cpu,gpu}``."""
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
-                        help="where to run (default auto: GPU when Paddle has CUDA and sees one)")
+def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, defaults_from: str | None = None) -> None:
+    """Add ``--device {auto,cpu,gpu}`` (default None = not given; resolved to ``auto`` or the resumed run's)."""
+    from engine.config import DEVICES
+
+    source = f": {defaults_from}" if defaults_from else ""
+    parser.add_argument("--device", default=None, choices=list(DEVICES),
+                        help=f"where to run (default{source} auto: GPU when Paddle has CUDA and sees one)")
 
 
 def add_image_limit_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -298,28 +325,3 @@ def apply_image_limit(value: int | None) -> None:
         return
     set_max_image_pixels(value)
     os.environ[MAX_IMAGE_PIXELS_ENV] = str(value)
-
-
-def set_device(name: str) -> str:
-    """Select the Paddle device for ``--device``; returns ``cpu`` or ``gpu``."""
-    import paddle
-
-    from utils.errors import UserError
-
-    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-    if name == "gpu" and not has_gpu:
-        raise UserError("--device gpu: this Paddle build has no CUDA or no GPU is visible; use --device cpu")
-    device = "gpu" if (name == "gpu" or (name == "auto" and has_gpu)) else "cpu"
-    paddle.set_device(device)
-    return device
-
-
-def resolve_num_classes(args: argparse.Namespace, names: list[str], source: str) -> int:
-    """Check ``--num_cls`` against the class names (None means: take it from them)."""
-    from utils.errors import UserError
-
-    if args.num_cls is None:
-        return len(names)
-    if args.num_cls != len(names):
-        raise UserError(f"--num_cls {args.num_cls} but {source} lists {len(names)} classes; drop --num_cls or fix it")
-    return args.num_cls

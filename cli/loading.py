@@ -1,34 +1,17 @@
-"""Load a trained model for evaluation, prediction or export, with its class names."""
+"""Load a trained model for evaluation or prediction (class names: ``datasets.config.resolve_classes``).
+
+No function here takes parsed flags: ``cli.settings`` resolves them first. Importing this
+module does not import Paddle (``load_trained_model`` does, when called).
+"""
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from paddle import nn
-
-from datasets.classes import BUILTIN_CLASSES, read_class_file
-from cli.args import fill_model_defaults, model_kwargs, read_run_config, resolve_num_classes
+from models.spec import ModelSettings
 from utils.errors import UserError
 
-
-def find_class_names(args: argparse.Namespace, extra_json: str | None = None) -> tuple[list[str], str]:
-    """Class names for a trained model.
-
-    Order: ``--classes``; ``classes.txt`` beside ``--load_from`` (train.py writes one);
-    ``classes.txt`` beside ``extra_json`` (a prepared split); the built-in list of ``--dataset``.
-    Returns (names, where they came from).
-    """
-    if getattr(args, "classes", None):
-        return read_class_file(args.classes), args.classes
-    for anchor in (getattr(args, "load_from", None), extra_json):
-        if anchor:
-            beside = Path(anchor).parent / "classes.txt"
-            if beside.is_file():
-                return read_class_file(beside), str(beside)
-    dataset = getattr(args, "dataset", None)
-    if dataset in BUILTIN_CLASSES:
-        return list(BUILTIN_CLASSES[dataset]), f"built-in {dataset} list"
-    raise UserError("no class names: pass --classes FILE (one name per line) or --dataset voc07/coco/wider")
+if TYPE_CHECKING:
+    from paddle import nn
 
 
 def check_weights_path(spec: str | None, flag: str = "--load_from") -> None:
@@ -51,24 +34,20 @@ def check_weights_path(spec: str | None, flag: str = "--load_from") -> None:
         raise UserError(f"{flag}: {exc}") from None
 
 
-def load_trained_model(args: argparse.Namespace, extra_json: str | None = None) -> tuple[nn.Layer, list[str]]:
-    """Build the model named by the flags (unset ones from the run's config.json) and load ``--load_from``.
+def load_trained_model(weights: str, model: ModelSettings) -> "nn.Layer":
+    """Build ``model`` and load ``weights`` into it; the checkpoint must contain the classifier.
 
-    The checkpoint must contain the classifier. Returns (model in eval mode, class names).
+    Args:
+        weights: a .pdparams/.pth path (or URL) of a trained CSRA model.
+        model: the model the weights belong to (``cli.settings`` resolves it).
+    Returns:
+        the model in eval mode: ``forward(x [B, 3, S, S]) -> logits [B, C]``.
+    Raises:
+        UserError: the weights do not fit the model (names the mismatching keys).
     """
-    from models import build_model
     from models.weights import load_pretrained
 
-    if not args.load_from:
-        raise UserError("--load_from is required: the trained weights (.pdparams, or a reference .pth)")
-    check_weights_path(args.load_from, "--model_path" if getattr(args, "model_path", None) else "--load_from")
-    run_config = read_run_config(args.load_from)
-    fill_model_defaults(args, run_config)
-    if getattr(args, "dataset", None) is None:
-        args.dataset = run_config.get("dataset", "voc07")
-    names, source = find_class_names(args, extra_json)
-    args.num_cls = resolve_num_classes(args, names, source)
-    model = build_model(**model_kwargs(args))
-    load_pretrained(model, args.load_from, allow_missing_classifier=False)
-    model.eval()
-    return model, names
+    net = model.build()
+    load_pretrained(net, weights, allow_missing_classifier=False)
+    net.eval()
+    return net

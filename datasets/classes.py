@@ -1,8 +1,18 @@
-"""Built-in class lists and the ``classes.txt`` file format.
+"""Built-in class lists and the ``classes.txt`` file format (its one reader and writer).
 
 ``classes.txt`` holds one class name per line, in label-index order. Every preparation script
-writes one next to its JSON splits so that training, evaluation and prediction agree on the
-class order.
+writes one next to its JSON splits and train.py writes one into its save_dir, so that
+training, evaluation and prediction agree on the class order. Format rules
+(:func:`read_class_file`):
+
+* UTF-8 (a byte-order mark is ignored); spaces around a name are removed, spaces inside a
+  name are kept (``traffic light``);
+* a line whose first non-space character is ``#`` is a comment and is ignored;
+* blank lines are allowed only at the end of the file: every other line is one class, so a
+  blank line before or between names is refused (it would shift the label indices);
+* names are unique.
+
+Which class list a script uses is decided by ``datasets.config.resolve_classes``.
 """
 from __future__ import annotations
 
@@ -54,18 +64,16 @@ BUILTIN_CLASSES: dict[str, tuple[str, ...]] = {
 
 
 def read_class_file(path: str | os.PathLike[str]) -> list[str]:
-    """Read a ``classes.txt`` file: one class name per line, in label-index order.
-
-    Surrounding whitespace on a line is removed, a UTF-8 BOM is ignored and trailing blank
-    lines are allowed.
+    """Read a ``classes.txt`` file (the format rules are in the module docstring).
 
     Args:
         path: the class file.
     Returns:
-        the class names.
+        the C class names, in label-index order.
     Raises:
-        UserError: if the file is missing or empty, has a blank line between names, or lists a
-            name twice (the message names the file and the line).
+        UserError: the file is missing, unreadable, not UTF-8 or holds no name, has a blank
+            line before or between names, or lists a name twice (the message names the file
+            and the line).
     """
     p = Path(path)
     try:
@@ -82,19 +90,21 @@ def read_class_file(path: str | os.PathLike[str]) -> list[str]:
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
-    if not lines:
-        raise UserError(f"class file {p} is empty; write one class name per line")
     names: list[str] = []
     seen: dict[str, int] = {}
     for lineno, name in enumerate(lines, start=1):
+        if name.startswith("#"):
+            continue
         if not name:
-            raise UserError(f"class file {p}, line {lineno}: blank line between class names; "
+            raise UserError(f"class file {p}, line {lineno}: blank line before or between class names; "
                             "remove it (every line is one class, in label order)")
         if name in seen:
             raise UserError(f"class file {p}, line {lineno}: class '{name}' is already listed "
                             f"on line {seen[name]}; class names must be unique")
         seen[name] = lineno
         names.append(name)
+    if not names:
+        raise UserError(f"class file {p} is empty; write one class name per line")
     return names
 
 
@@ -114,33 +124,12 @@ def write_class_file(path: str | os.PathLike[str], names: Sequence[str]) -> Path
         raise UserError(f"refusing to write {p}: the class list is empty")
     seen: set[str] = set()
     for name in names:
-        if not name or name != name.strip() or "\n" in name or "\r" in name:
+        if not name or name != name.strip() or "\n" in name or "\r" in name or name.startswith("#"):
             raise UserError(f"class name {name!r} cannot be stored in {p}: names must be "
-                            "non-empty, on one line, without surrounding spaces")
+                            "non-empty, on one line, without surrounding spaces, and not start "
+                            "with '#' (a comment in classes.txt)")
         if name in seen:
             raise UserError(f"class name '{name}' appears twice; cannot write {p}")
         seen.add(name)
     p.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     return p
-
-
-def load_classes(dataset: str, classes_file: str | os.PathLike[str] | None = None) -> list[str]:
-    """Return the class list for a dataset: from ``classes_file`` if given, else built in.
-
-    Args:
-        dataset: a key of ``BUILTIN_CLASSES`` (``voc07``, ``coco``, ``wider``) or any name
-            when ``classes_file`` is given.
-        classes_file: optional ``classes.txt``; it wins over the built-in list.
-    Returns:
-        the class names in label-index order.
-    Raises:
-        UserError: for an unknown dataset without a class file, or a bad class file.
-    """
-    if classes_file is not None:
-        return read_class_file(classes_file)
-    try:
-        return list(BUILTIN_CLASSES[dataset])
-    except KeyError:
-        known = ", ".join(sorted(BUILTIN_CLASSES))
-        raise UserError(f"dataset '{dataset}' has no built-in class list (known: {known}); "
-                        "pass its classes.txt with --classes") from None

@@ -255,6 +255,14 @@ def _decode(path: Path, img: Image.Image, limit: int) -> Image.Image:
     return rgb.copy() if rgb is img else rgb
 
 
+def _is_empty(path: Path) -> bool:
+    """True when ``path`` is a file of 0 bytes."""
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Read an image file fully and return it as an 8-bit RGB PIL image.
 
@@ -291,6 +299,11 @@ def load_rgb(path: str | Path) -> Image.Image:
     except PermissionError:
         raise UserError(f"cannot read image {p}: permission denied") from None
     except UnidentifiedImageError:
+        if _is_empty(p):
+            raise UserError(
+                f"cannot read image {p}: the file is empty (0 bytes); re-download or re-export it, "
+                f"or remove it from the dataset"
+            ) from None
         raise UserError(
             f"cannot read image {p}: not an image format PIL recognises "
             f"(empty, corrupt or not an image; supported endings: {', '.join(IMAGE_EXTENSIONS)})"

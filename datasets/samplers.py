@@ -1,11 +1,64 @@
-"""Batch samplers for data-parallel training and mid-epoch resume."""
+"""Batch samplers: the seeded per-epoch shuffle, and its data-parallel / mid-epoch-resume split.
+
+:class:`SeededBatchSampler` shuffles with ``numpy.random.default_rng([seed, epoch])``, so an
+epoch's order depends only on the seed and the epoch (not on the number of loader workers,
+nor on how many epochs ran in this process). :class:`ShardedBatchSampler` splits each of its
+global batches among data-parallel ranks and can start an epoch at a given batch (resume).
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import paddle
 
-from datasets.dataset import SeededBatchSampler
+from utils.errors import UserError
+
+
+class SeededBatchSampler(paddle.io.BatchSampler):
+    """Batches of indices, shuffled per epoch with ``numpy.random.default_rng([seed, epoch])``.
+
+    Args:
+        num_samples: dataset length N.
+        batch_size: indices per batch.
+        shuffle: shuffle each epoch (False: 0..N-1 in order).
+        seed: shuffling seed (None: fresh entropy each epoch).
+        drop_last: drop a last incomplete batch.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool,
+                 seed: int | None = None, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {batch_size}")
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = seed
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation ``__iter__`` yields."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield lists of ``batch_size`` indices (the last may be shorter unless drop_last)."""
+        if self.shuffle:
+            rng = np.random.default_rng(None if self.seed is None else [int(self.seed), self.epoch])
+            order = rng.permutation(self.num_samples).tolist()
+        else:
+            order = list(range(self.num_samples))
+        for start in range(0, self.num_samples, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            if len(batch) < self.batch_size and self.drop_last:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return (self.num_samples + self.batch_size - 1) // self.batch_size
 
 
 class ShardedBatchSampler(paddle.io.BatchSampler):

@@ -11,7 +11,9 @@ pipeline on PIL images:
   torchvision's sampling rule -> ``resize((S, S))`` (a no-op after the crop, kept as the
   reference has it) -> the same scaling and normalisation.
 * WIDER Attribute: the person box is cropped first (:func:`crop_bbox`, done by the
-  dataset); train = flip + resize, no random crop; mean = std = 0.5.
+  dataset); train = flip + resize, no random crop; mean = std = 0.5. Which dataset uses
+  which mean, std and crop is decided in one place, the recipe table ``datasets.config``
+  (``DatasetDefaults.train_transform`` / ``test_transform``).
 
 PIL's bilinear resize filters over the whole source footprint when it shrinks an image
 (antialiasing); that is also what torchvision's ``Resize`` does on PIL input. Resizing a
@@ -122,25 +124,6 @@ def preprocess(img: Image.Image, img_size: int, mean: Sequence[float] = DEFAULT_
     size = _check_size(img_size)
     resized = to_rgb(img).resize((size, size), RESAMPLE)
     return to_chw_float(resized, mean, std)
-
-
-def preprocess_batch(images: Sequence[Image.Image], img_size: int,
-                     mean: Sequence[float] = DEFAULT_MEAN,
-                     std: Sequence[float] = DEFAULT_STD) -> np.ndarray:
-    """:func:`preprocess` a list of images and stack them.
-
-    Args:
-        images: B PIL images (RGB), sizes may differ.
-        img_size: output side S.
-        mean: per-channel mean.
-        std: per-channel std.
-    Returns:
-        float32 array [B, 3, S, S] (shape [0, 3, S, S] for an empty list).
-    """
-    size = _check_size(img_size)
-    if len(images) == 0:
-        return np.zeros((0, 3, size, size), dtype=np.float32)
-    return np.stack([preprocess(im, size, mean, std) for im in images]).astype(np.float32, copy=False)
 
 
 def random_resized_crop_box(width: int, height: int, scale: tuple[float, float],
@@ -289,29 +272,6 @@ class TrainTransform(Transform):
         return (f"TrainTransform(img_size={self.img_size}, mean={self.mean}, std={self.std}, "
                 f"scale={self.scale}, ratio={self.ratio}, flip_prob={self.flip_prob}, "
                 f"random_crop={self.random_crop})")
-
-
-def wider_train_transform(img_size: int, seed: int | None = None) -> TrainTransform:
-    """The WIDER Attribute training transform: flip + resize, mean = std = 0.5.
-
-    Args:
-        img_size: output side S.
-        seed: seed of the transform's own generator.
-    Returns:
-        a :class:`TrainTransform` without random crop (input: the cropped person box).
-    """
-    return TrainTransform(img_size, WIDER_MEAN, WIDER_STD, random_crop=False, seed=seed)
-
-
-def wider_test_transform(img_size: int) -> TestTransform:
-    """The WIDER Attribute evaluation transform: resize, mean = std = 0.5.
-
-    Args:
-        img_size: output side S.
-    Returns:
-        a :class:`TestTransform` (input: the cropped person box).
-    """
-    return TestTransform(img_size, WIDER_MEAN, WIDER_STD)
 
 
 def crop_bbox(img: Image.Image, bbox: Sequence[float], source: str = "image") -> Image.Image:

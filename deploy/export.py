@@ -1,26 +1,57 @@
 """Export a trained CSRA model for Paddle Inference (and optionally ONNX).
 
-``export_model(args)`` is export_model.py's logic: build the model from the flags (unset
-ones from the ``config.json`` beside the weights), load the weights (classifier included),
-wrap it so the program outputs sigmoid probabilities, ``paddle.jit.save`` it with a
-dynamic batch, and write ``inference.yml`` (see :mod:`deploy.inference_config`).
+``export_model(config)`` is export_model.py's logic for an :class:`ExportConfig` (which
+``cli.settings.resolve_export`` builds from the flags and the training run's config.json):
+build the model, load the weights (classifier included), wrap it so the program outputs
+sigmoid probabilities, ``paddle.jit.save`` it with a dynamic batch, and write
+``inference.yml`` (see :mod:`deploy.inference_config`).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from datasets.transforms import DEFAULT_MEAN, DEFAULT_STD
 from deploy.inference_config import CONFIG_FILENAME, INPUT_NAME, MODEL_FILENAMES, ONNX_FILENAME, PARAMS_FILENAME, DeployConfig
+from models.spec import ModelSettings
 from utils.errors import UserError
 from utils.logger import get_logger
+from utils.quiet import PIR_OUT_TENSOR, filtered_fd
 
 log = get_logger("export")
 
 ONNX_INSTALL_HINT = "pip install -r requirements-onnx.txt"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What export_model.py writes.
+
+    Attributes:
+        model: the model (its ``img_size`` fixes the program's input [N, 3, S, S]).
+        class_names: names in label order (``len == model.num_classes``), stored in inference.yml.
+        dataset: recorded in inference.yml.
+        mean, std: per-channel normalisation infer.py applies (the dataset's).
+        save_dir: output folder.
+        weights: trained weights with the classifier, or None for a seeded random model (speed tests).
+        threshold: the default score threshold stored for infer.py.
+        onnx: also write ``model.onnx``; opset: its ONNX opset.
+    """
+
+    model: ModelSettings
+    class_names: tuple[str, ...]
+    dataset: str
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
+    save_dir: str = "./inference"
+    weights: str | None = None
+    threshold: float = 0.5
+    onnx: bool = False
+    opset: int = 13
 
 
 def _probability_model(model):  # -> paddle.nn.Layer
@@ -55,56 +86,47 @@ def check_weights_choice(model_path: str | None, random_init: bool) -> None:
                         "--random_init exports an untrained model, for speed tests only")
 
 
-def build_export_model(args: argparse.Namespace):  # -> tuple[nn.Layer, list[str]]
-    """Build the model named by the flags and load ``args.model_path`` (or keep a seeded random init).
+def build_export_model(config: ExportConfig):  # -> paddle.nn.Layer
+    """Build ``config.model`` and load ``config.weights`` (or keep a random init seeded with 0).
 
-    Unset model flags and ``img_size``/``dataset`` come from the training run's
-    ``config.json`` beside the weights, else the reference defaults. Class names: ``--classes``,
-    else ``classes.txt`` beside the weights, else the built-in list of ``--dataset``.
-    Returns (model in eval mode, class names); ``args`` is completed in place.
+    Returns:
+        the model in eval mode, logits [B, C]. UserError when the weights do not fit (the
+        checkpoint must hold the classifier).
     """
     import paddle
 
-    from models import build_model
-    from cli.args import fill_model_defaults, model_kwargs, resolve_num_classes
-    from cli.loading import find_class_names, load_trained_model
+    from models.weights import load_pretrained
 
-    args.load_from = args.model_path
-    if args.model_path:
-        return load_trained_model(args)  # checks that the checkpoint holds the classifier
-    fill_model_defaults(args, {})
-    if args.dataset is None:
-        args.dataset = "voc07"
-    names, source = find_class_names(args)
-    args.num_cls = resolve_num_classes(args, names, source)
-    paddle.seed(0)
-    model = build_model(**model_kwargs(args))
+    if config.weights:
+        model = config.model.build()
+        load_pretrained(model, config.weights, allow_missing_classifier=False)
+    else:
+        paddle.seed(0)
+        model = config.model.build()
+        log.warning("exporting a RANDOMLY INITIALISED %s (--random_init): its predictions are meaningless", config.model.name)
     model.eval()
-    log.warning("exporting a RANDOMLY INITIALISED %s (--random_init): its predictions are meaningless", args.model)
-    return model, names
+    return model
 
 
-def deploy_config(args: argparse.Namespace, names: list[str], model_config: dict | None = None) -> DeployConfig:
-    """The ``inference.yml`` contents for a completed ``args`` (after :func:`build_export_model`).
+def deploy_config(config: ExportConfig, model_config: dict | None = None) -> DeployConfig:
+    """The ``inference.yml`` contents for ``config``.
 
     ``model_config`` is the built model's ``config`` (``build_model`` records the canonical
     attention name and the resolved stages, e.g. ``[1, 2, 3, 4]`` for a block's default);
-    without it the flags are used as given.
+    without it the settings are used as given.
     """
     import paddle
 
-    from datasets.config import DATASETS
-
     model_config = model_config or {}
-    norm = DATASETS.get(args.dataset, DATASETS["voc07"])  # as predict.py does
-    stages = model_config.get("attention_stages", getattr(args, "attention_stages", None))
+    spec = config.model
+    stages = model_config.get("attention_stages", spec.attention_stages)
     return DeployConfig(
-        model=model_config.get("model", args.model), num_heads=args.num_heads, lam=float(args.lam),
-        attention=model_config.get("attention", args.attention),
+        model=model_config.get("model", spec.name), num_heads=spec.num_heads, lam=float(spec.lam),
+        attention=model_config.get("attention", spec.attention),
         attention_stages=[int(v) for v in stages] if stages else None,
-        num_classes=len(names), img_size=int(args.img_size), mean=list(norm.mean), std=list(norm.std),
-        class_names=list(names), threshold=float(args.threshold), dataset=args.dataset, input_name=INPUT_NAME,
-        weights=str(Path(args.model_path).resolve()) if args.model_path else "random_init",
+        num_classes=len(config.class_names), img_size=int(spec.img_size), mean=list(config.mean), std=list(config.std),
+        class_names=list(config.class_names), threshold=float(config.threshold), dataset=config.dataset, input_name=INPUT_NAME,
+        weights=str(Path(config.weights).resolve()) if config.weights else "random_init",
         paddle_version=paddle.__version__,
     )
 
@@ -130,7 +152,8 @@ def save_inference_model(model, save_dir: str | Path, config: DeployConfig) -> d
     spec = [InputSpec([None, 3, config.img_size, config.img_size], "float32", config.input_name)]
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        paddle.jit.save(wrapped, str(tmp / "inference"), input_spec=spec)
+        with filtered_fd(2, PIR_OUT_TENSOR):  # a known-harmless glog line about Tensor.mean (see utils.quiet)
+            paddle.jit.save(wrapped, str(tmp / "inference"), input_spec=spec)
         program = next((tmp / n for n in MODEL_FILENAMES if (tmp / n).is_file()), None)
         if program is None or not (tmp / PARAMS_FILENAME).is_file():
             raise UserError(f"paddle.jit.save wrote no program into {tmp} (found: {sorted(p.name for p in tmp.iterdir())})")
@@ -190,14 +213,16 @@ def export_onnx(model_file: str | Path, params_file: str | Path, save_file: str 
     return dest
 
 
-def export_model(args: argparse.Namespace) -> dict[str, Path]:
-    """export_model.py: build + load, save the inference files (+ ONNX). Returns the written paths."""
-    check_weights_choice(args.model_path, args.random_init)
-    if args.onnx:
+def export_model(config: ExportConfig) -> dict[str, Path]:
+    """export_model.py: build + load, save the inference files (+ ONNX).
+
+    Returns:
+        {"model_file", "params_file", "config_file"[, "onnx_file"]}: the written paths.
+    """
+    if config.onnx:
         require_onnx_tools()  # before the (slow) export, not after
-    model, names = build_export_model(args)
-    config = deploy_config(args, names, getattr(model, "config", None))
-    paths = save_inference_model(model, args.save_dir, config)
-    if args.onnx:
-        paths["onnx_file"] = export_onnx(paths["model_file"], paths["params_file"], Path(args.save_dir) / ONNX_FILENAME, args.opset)
+    model = build_export_model(config)
+    paths = save_inference_model(model, config.save_dir, deploy_config(config, getattr(model, "config", None)))
+    if config.onnx:
+        paths["onnx_file"] = export_onnx(paths["model_file"], paths["params_file"], Path(config.save_dir) / ONNX_FILENAME, config.opset)
     return paths

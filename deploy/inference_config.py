@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datasets.config import DEFAULT_DATASET
 from utils.errors import UserError
 
 MODEL_FILENAMES: tuple[str, ...] = ("inference.json", "inference.pdmodel")
@@ -91,7 +92,7 @@ class DeployConfig:
     attention: str | None = None
     attention_stages: list[int] | None = None
     threshold: float = 0.5
-    dataset: str = "voc07"
+    dataset: str = DEFAULT_DATASET
     input_name: str = INPUT_NAME
     output: str = "probabilities"
     weights: str = ""

@@ -16,14 +16,11 @@ re-imports the main module).
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,7 @@ from deploy.inference_config import EXPORT_HINT, DeployConfig, ModelFiles, find_
 from utils.errors import UserError
 from utils.logger import get_logger
 from utils.memory import retain_freed_memory
+from utils.quiet import ONEDNN_REDUCE_MEAN, filtered_fd
 from deploy.prediction import Batch
 
 log = get_logger("infer")
@@ -149,37 +147,14 @@ def _paddle_reason(exc: BaseException) -> str:
     return picked if len(picked) <= 300 else picked[:297] + "..."
 
 
-_libc: Any = None
+def stdout_to_stderr() -> Any:
+    """Send file descriptor 1 to stderr for the block, without Paddle's stray oneDNN diagnostic.
 
-
-@contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send file descriptor 1 to stderr for the block.
-
-    Paddle's oneDNN passes print diagnostics (``ReduceMeanCheckIfOneDNNSupport``) straight to
-    the C++ stdout during the first run; infer.py's stdout must hold only prediction lines.
+    Paddle's oneDNN passes print ``ReduceMeanCheckIfOneDNNSupport`` straight to the C++
+    stdout during the first run: that line is dropped, anything else printed there goes to
+    stderr, so infer.py's stdout holds only prediction lines. Use as ``with stdout_to_stderr():``.
     """
-    global _libc
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-        os.dup2(2, 1)
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        try:
-            if _libc is None:
-                import ctypes
-
-                _libc = ctypes.CDLL(None)
-            _libc.fflush(None)
-        except (OSError, AttributeError):
-            pass
-        os.dup2(saved, 1)
-        os.close(saved)
+    return filtered_fd(1, ONEDNN_REDUCE_MEAN, to_fd=2)
 
 
 class Predictor:
@@ -424,14 +399,37 @@ def collect_input_files(input_file: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- infer.py
-def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
-    """``RuntimeOptions`` from infer.py's parsed flags."""
-    return RuntimeOptions(use_gpu=args.use_gpu, gpu_id=args.gpu_id, gpu_mem=args.gpu_mem, use_tensorrt=args.use_tensorrt,
-                          precision=args.precision, enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads,
-                          ir_optim=args.ir_optim, memory_optim=args.memory_optim, max_batch_size=args.batch_size)
+@dataclass(frozen=True)
+class InferConfig:
+    """infer.py's settings (``cli.settings.resolve_infer`` builds them from the flags).
+
+    Attributes:
+        input_file: an image, or a folder of images (not recursive).
+        model_dir, model_file, params_file: the export (see ``find_model_files``).
+        batch_size: images per predictor run.
+        num_workers: processes decoding the next images (0: the main thread).
+        threshold: report classes with score >= this; None: inference.yml's.
+        topk: at most this many classes per line, or None.
+        output: optional JSON file of all scores (predict.py's format).
+        runtime: the Paddle Inference options.
+        enable_benchmark: print an AutoLog-style timing block; warmup: untimed runs before it.
+    """
+
+    input_file: str
+    model_dir: str | None = None
+    model_file: str | None = None
+    params_file: str | None = None
+    batch_size: int = 8
+    num_workers: int = 1
+    threshold: float | None = None
+    topk: int | None = None
+    output: str | None = None
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    enable_benchmark: bool = False
+    warmup: int = 1
 
 
-def run_infer(args: argparse.Namespace) -> int:
+def run_infer(config: InferConfig) -> int:
     """infer.py: predict every image, print predict.py's lines, optional JSON and benchmark block.
 
     Returns:
@@ -441,25 +439,25 @@ def run_infer(args: argparse.Namespace) -> int:
     from utils.fileio import atomic_write_json
     from deploy.prediction import check_output_path, prediction_line, prediction_record, report_failures
 
-    files = find_model_files(args.model_dir, args.model_file, args.params_file)
+    files = find_model_files(config.model_dir, config.model_file, config.params_file)
     if files.config_file is None:
         raise UserError(f"no inference.yml beside {files.model_file}: infer.py needs it for the image size, normalisation "
                         f"and class names; re-export with `{EXPORT_HINT}`")
     deploy = DeployConfig.load(files.config_file)
-    threshold = deploy.threshold if args.threshold is None else args.threshold
-    check_output_path(args.output)
-    paths = collect_input_files(args.input_file)
-    opts = runtime_options(args)
+    threshold = deploy.threshold if config.threshold is None else config.threshold
+    check_output_path(config.output)
+    paths = collect_input_files(config.input_file)
+    opts = config.runtime
     check_runtime_options(opts)
 
     failures: list[tuple[str, str]] = []
     records: list[dict] = []
     timer = StageTimer()
-    with BatchPrefetcher(paths, deploy.img_size, deploy.mean, deploy.std, args.batch_size, failures,
-                         workers=args.num_workers, timer=timer) as batches:
+    with BatchPrefetcher(paths, deploy.img_size, deploy.mean, deploy.std, config.batch_size, failures,
+                         workers=config.num_workers, timer=timer) as batches:
         predictor = Predictor(files, opts, deploy)  # created once; the workers decode meanwhile
-        if args.enable_benchmark and args.warmup:
-            predictor.warmup(args.batch_size, args.warmup)
+        if config.enable_benchmark and config.warmup:
+            predictor.warmup(config.batch_size, config.warmup)
         timer.start()
         for batch in batches:
             with timer.stage("inference"):
@@ -467,17 +465,17 @@ def run_infer(args: argparse.Namespace) -> int:
             with timer.stage("postprocess"):
                 lines = []
                 for path, row in zip(batch.paths, probs):
-                    lines.append(prediction_line(path, row, deploy.class_names, threshold, args.topk))
-                    if args.output:
-                        records.append(prediction_record(path, row, deploy.class_names, threshold, args.topk))
+                    lines.append(prediction_line(path, row, deploy.class_names, threshold, config.topk))
+                    if config.output:
+                        records.append(prediction_record(path, row, deploy.class_names, threshold, config.topk))
                 print("\n".join(lines), flush=True)
             timer.count(len(batch.paths))
         timer.stop()
     report_failures(failures)
-    if args.output:
-        atomic_write_json(args.output, records, indent=1)
-    if args.enable_benchmark:
-        info = BenchInfo(model_name=deploy.model_name, precision=opts.precision, batch_size=args.batch_size,
+    if config.output:
+        atomic_write_json(config.output, records, indent=1)
+    if config.enable_benchmark:
+        info = BenchInfo(model_name=deploy.model_name, precision=opts.precision, batch_size=config.batch_size,
                          input_shape=f"3,{deploy.img_size},{deploy.img_size}", runtime_device="gpu" if opts.use_gpu else "cpu",
                          ir_optim=opts.ir_optim, enable_memory_optim=opts.memory_optim, enable_tensorrt=opts.use_tensorrt,
                          enable_mkldnn=opts.enable_mkldnn and not opts.use_gpu, cpu_math_library_num_threads=opts.cpu_threads)

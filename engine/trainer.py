@@ -1,6 +1,6 @@
 """Training: the reference CSRA recipe with evaluation, checkpoints, resume and data parallel.
 
-Recipe (spec section 2): BCE-with-logits (mean over B x C); SGD momentum 0.9 with weight
+The reference recipe: BCE-with-logits (mean over B x C); SGD momentum 0.9 with weight
 decay on all parameters; classifier parameters at 10x the learning rate; per-iteration
 linear warm-up from 0 over ``warmup_epoch`` epochs; x0.1 every 4 (voc07) or 5 (coco,
 wider) epochs; flip + RandomResizedCrop(0.7-1.0) + resize; pixels scaled to [0, 1].
@@ -12,10 +12,17 @@ folder is writable and holds its run lock (``.lock``, see ``utils.fileio.lock_ru
 the start to the end of the run; write errors (disk full...) stop the run with a UserError
 that keeps the previous checkpoint. SIGINT and SIGTERM save ``interrupted.*`` after the
 current step and raise ``TrainingInterrupted`` (exit status 130 and 143 in ``train.py``).
+
+Python API: every step is :func:`train_step` (usable on its own in a custom loop);
+``Trainer.from_config(TrainConfig(...))`` builds what train.py trains with (datasets, seeded
+sampler, loaders, model, optimizer); ``Trainer(config, model=..., train_loader=...,
+test_loader=...)`` trains parts built elsewhere. Neither reads command-line flags: the
+settings are an ``engine.config.TrainConfig`` (train.py makes it with
+``cli.settings.resolve_train``).
 """
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import math
 import signal
@@ -32,13 +39,13 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from datasets.classes import write_class_file
-from datasets.config import dataset_defaults, label_policy, resolve_classes
-from datasets.dataset import MultiLabelDataset, SeededBatchSampler
-from datasets.samplers import ShardedBatchSampler
-from datasets.transforms import TestTransform, TrainTransform
-from models import build_model
+from datasets.config import dataset_defaults, label_policy
+from datasets.dataset import MultiLabelDataset
+from datasets.loader import make_loader
+from datasets.samplers import SeededBatchSampler, ShardedBatchSampler
 from engine.checkpoint import find_resume_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint, set_rng_state
-from cli.args import fill_model_defaults, model_kwargs, read_run_config, resolve_num_classes, set_device
+from engine.config import TrainConfig
+from engine.device import select_device
 from utils.errors import UserError
 from utils.fileio import (RunLock, atomic_paddle_save, atomic_write_json, atomic_write_text, clean_stale_temps, describe_os_error,
                           lock_run_dir, prepare_output_dir)
@@ -169,88 +176,212 @@ def _is_main() -> bool:
     return dist.get_rank() == 0
 
 
+def train_step(
+    model: paddle.nn.Layer,
+    optimizer: paddle.optimizer.Optimizer,
+    scheduler: paddle.optimizer.lr.LRScheduler | None,
+    images: paddle.Tensor,
+    targets: paddle.Tensor,
+    scaler: paddle.amp.GradScaler | None = None,
+) -> paddle.Tensor:
+    """One step of the reference recipe, the one ``Trainer`` runs for every batch.
+
+    BCE-with-logits (mean over the B x C logits), backward, ``optimizer.step()``,
+    ``optimizer.clear_grad()``, ``scheduler.step()`` (the schedule counts iterations).
+
+    Args:
+        model: images -> logits [B, C], in train mode (or its ``paddle.DataParallel`` wrapper).
+        optimizer: e.g. the first result of :func:`build_optimizer`.
+        scheduler: the optimizer's LR schedule, stepped once per call; None if it has none.
+        images: float32 [B, 3, S, S].
+        targets: float32 [B, C] of 0/1.
+        scaler: a ``paddle.amp.GradScaler`` for mixed precision (the forward pass runs under
+            ``paddle.amp.auto_cast``, the loss in float32), or None for float32.
+    Returns:
+        the step's loss, a float32 scalar tensor (computed before the update).
+    """
+    if scaler is not None:
+        with paddle.amp.auto_cast():
+            logits = model(images)
+        loss = F.binary_cross_entropy_with_logits(logits.astype("float32"), targets)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss = F.binary_cross_entropy_with_logits(model(images), targets)
+        loss.backward()
+        optimizer.step()
+    optimizer.clear_grad()
+    if scheduler is not None:
+        scheduler.step()
+    return loss
+
+
+def claim_save_dir(save_dir: Path) -> RunLock:
+    """Make ``save_dir`` a writable folder, take its run lock and drop stale temporaries (rank 0).
+
+    Args:
+        save_dir: the run folder (created if missing).
+    Returns:
+        the held ``RunLock`` (release it when the run ends).
+    Raises:
+        UserError: the folder is a file, not writable, or locked by another live run (its PID named).
+    """
+    prepare_output_dir(save_dir, "--save_dir")
+    lock = lock_run_dir(save_dir, "--save_dir")
+    try:
+        for tmp in clean_stale_temps(save_dir):
+            log.info("removed %s, left over by an interrupted save", tmp.name)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 class Trainer:
-    """Builds data, model and optimizer from parsed ``train.py`` arguments and runs training."""
+    """Runs a training: epochs of :func:`train_step`, evaluation, checkpoints, resume, metrics.
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        """Check and lock ``--save_dir`` (rank 0), then build data, model, optimizer and resume.
+    ``Trainer.from_config(config)`` builds the parts the way train.py does; the constructor
+    takes parts built elsewhere::
 
-        The run lock is held until ``close()`` (``train`` calls it); on an error here it is released.
+        trainer = Trainer(config, model=model, train_loader=train_loader, test_loader=test_loader)
+        try:
+            state = trainer.run()
+        finally:
+            trainer.close()  # releases the run lock of config.save_dir
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: paddle.nn.Layer,
+        train_loader: Any,
+        test_loader: Any | None = None,
+        optimizer: paddle.optimizer.Optimizer | None = None,
+        scheduler: paddle.optimizer.lr.LRScheduler | None = None,
+        *,
+        run_lock: RunLock | None = None,
+    ) -> None:
+        """Lock ``config.save_dir`` (rank 0), build the optimizer if none is given, resume ``config.resume``.
+
+        Args:
+            config: the run's settings (epochs, schedule, logging, evaluation, save_dir, resume).
+            model: images [B, 3, S, S] -> logits [B, C], C = ``len(config.classes)``.
+            train_loader: yields (images, targets [B, C] of 0/1); ``len()`` is the batches per
+                epoch. Optional hooks, used when present: ``train_loader.batch_sampler.set_epoch(e)``
+                and ``.start_batch`` (exact mid-epoch resume; otherwise the done batches are
+                skipped by iterating), ``train_loader.dataset.set_epoch(e)`` (augmentation seeds).
+            test_loader: the test split, unshuffled, whose ``dataset.targets`` [N, C] are its
+                labels; None: no evaluation (no best.* files).
+            optimizer: default ``build_optimizer`` with the config's recipe; then ``scheduler``
+                is the one built with it. Given: ``scheduler`` is its LR schedule (or None).
+            scheduler: stepped after every step (see :func:`train_step`).
+            run_lock: the lock of ``save_dir`` if the caller already holds it (``from_config``
+                takes it before building anything); None: taken here.
+        Raises:
+            UserError: an unusable or busy save_dir, a class-count mismatch, a bad checkpoint
+                to resume. On any error the run lock is released.
         """
+        self.config = config
         self.world = dist.get_world_size()
         self.rank = dist.get_rank()
-        self.save_dir = Path(args.save_dir)
+        self.save_dir = Path(config.save_dir)
         self.checkpoint_dir: Path | None = None  # where a whole checkpoint of this run is (for messages)
-        self._lock: RunLock | None = None
-        if self.rank == 0:  # before any training work: a bad or busy folder fails at once
-            prepare_output_dir(self.save_dir, "--save_dir")
-            self._lock = lock_run_dir(self.save_dir, "--save_dir")
-            for tmp in clean_stale_temps(self.save_dir):
-                log.info("removed %s, left over by an interrupted save", tmp.name)
+        self._lock: RunLock | None = run_lock
         try:
-            self._build(args)
+            if self.rank == 0 and self._lock is None:  # before any training work: a bad or busy folder fails at once
+                self._lock = claim_save_dir(self.save_dir)
+            self._setup(model, train_loader, test_loader, optimizer, scheduler)
         except BaseException:
             self.close()
             raise
 
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "Trainer":
+        """Build what train.py trains with from ``config``, then the Trainer (which resumes).
+
+        In order: lock ``save_dir`` (rank 0: a bad or busy folder fails before any work),
+        select ``config.device``, start data parallel, read the splits (``TrainTransform`` /
+        ``TestTransform`` with the dataset's normalisation), a ``SeededBatchSampler`` of global
+        batches sharded per process, the loaders, seed Paddle and NumPy with ``config.seed``,
+        build the model (loading ``config.pretrained`` unless resuming: the checkpoint holds
+        every weight) and the reference optimizer + schedule.
+
+        Returns:
+            a Trainer holding the run lock; ``run()`` it, then ``close()`` it.
+        """
+        world, rank = dist.get_world_size(), dist.get_rank()
+        lock = claim_save_dir(Path(config.save_dir)) if rank == 0 else None
+        try:
+            device = select_device(config.device)
+            if world > 1:
+                dist.init_parallel_env()
+            if config.amp and device != "gpu":
+                log.info("--amp needs a GPU: training in float32 on the CPU")
+            if config.batch_size % world:
+                raise UserError(f"--batch_size {config.batch_size} must be divisible by the {world} processes (it is the global batch)")
+            defaults = dataset_defaults(config.dataset)
+            for flag, path in (("--train_json", config.train_json), ("--test_json", config.test_json)):
+                if not Path(path).is_file():
+                    raise UserError(f"{flag} {path} not found; prepare the dataset first (see README: Preparing datasets) or pass {flag}")
+            classes = list(config.classes)
+            img_size = config.model.img_size
+            train_set = MultiLabelDataset(config.train_json, defaults.train_transform(img_size), classes=classes, seed=config.seed)
+            check_binary_targets(train_set)
+            test_set = MultiLabelDataset(config.test_json, defaults.test_transform(img_size), classes=classes)
+            if len(train_set) < config.batch_size and len(train_set) < world:
+                raise UserError(f"{config.train_json} has only {len(train_set)} images")
+            global_sampler = SeededBatchSampler(len(train_set), config.batch_size, shuffle=True, seed=config.seed)
+            train_sampler = ShardedBatchSampler(global_sampler, rank, world)
+            if len(train_sampler) == 0:
+                raise UserError(f"{config.train_json} gives no full batch for {world} processes")
+            train_loader = make_loader(train_set, batch_sampler=train_sampler, num_workers=config.num_workers,
+                                       use_shared_memory=config.shared_memory)
+            test_loader = make_loader(test_set, config.batch_size, shuffle=False, num_workers=config.num_workers,
+                                      use_shared_memory=config.shared_memory)
+            paddle.seed(config.seed)
+            np.random.seed(config.seed)
+            model = config.model.build(pretrained=None if config.resume else config.pretrained)
+            return cls(config, model, train_loader, test_loader, run_lock=lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()  # idempotent: the constructor may have released it already
+            raise
+
     def close(self) -> None:
-        """Release the run lock of ``--save_dir`` (idempotent)."""
+        """Release the run lock of ``save_dir`` (idempotent)."""
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
 
-    def _build(self, args: argparse.Namespace) -> None:
-        if args.resume:  # the run's own settings, unless given again on the command line
-            fill_model_defaults(args, read_run_config(str(Path(args.resume) / "last.pdparams") if Path(args.resume).is_dir() else args.resume))
-        fill_model_defaults(args)
-        args.dataset = args.dataset or "voc07"
-        self.args = args
-        self.device = set_device(args.device)
-        if self.world > 1:
+    def _setup(self, model: paddle.nn.Layer, train_loader: Any, test_loader: Any | None,
+               optimizer: paddle.optimizer.Optimizer | None, scheduler: paddle.optimizer.lr.LRScheduler | None) -> None:
+        config = self.config
+        if self.world > 1 and not dist.is_initialized():
             dist.init_parallel_env()
-        if args.amp and self.device != "gpu":
-            log.info("--amp needs a GPU: training in float32 on the CPU")
-        self.use_amp = bool(args.amp and self.device == "gpu")
-        if args.batch_size % self.world:
-            raise UserError(f"--batch_size {args.batch_size} must be divisible by the {self.world} processes (it is the global batch)")
-        defaults = dataset_defaults(args.dataset)
-        self.train_json = args.train_json or defaults.train_json
-        self.test_json = args.test_json or defaults.test_json
-        for flag, path in (("--train_json", self.train_json), ("--test_json", self.test_json)):
-            if not Path(path).is_file():
-                raise UserError(f"{flag} {path} not found; prepare the dataset first (see README: Preparing datasets) or pass {flag}")
-        self.classes, source = resolve_classes(args.dataset, args.classes, self.train_json)
-        args.num_cls = resolve_num_classes(args, self.classes, source)
-        self.step_epochs = getattr(args, "lr_step", None) or defaults.step_epochs
-        random_crop = args.dataset != "wider"
-        self.train_set = MultiLabelDataset(
-            self.train_json, TrainTransform(args.img_size, defaults.mean, defaults.std, random_crop=random_crop),
-            classes=self.classes, seed=args.seed,
-        )
-        check_binary_targets(self.train_set)
-        self.test_set = MultiLabelDataset(self.test_json, TestTransform(args.img_size, defaults.mean, defaults.std), classes=self.classes)
-        if len(self.train_set) < args.batch_size and len(self.train_set) < self.world:
-            raise UserError(f"{self.train_json} has only {len(self.train_set)} images")
-        self.policy = label_policy(args.dataset, bool((self.test_set.targets == -1).any()))
-        global_sampler = SeededBatchSampler(len(self.train_set), args.batch_size, shuffle=True, seed=args.seed)
-        self.train_sampler = ShardedBatchSampler(global_sampler, self.rank, self.world)
-        if len(self.train_sampler) == 0:
-            raise UserError(f"{self.train_json} gives no full batch for {self.world} processes")
-        self.train_loader = paddle.io.DataLoader(
-            self.train_set, batch_sampler=self.train_sampler, num_workers=args.num_workers, use_shared_memory=args.shared_memory
-        )
-        self.test_loader = paddle.io.DataLoader(
-            self.test_set, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers, use_shared_memory=args.shared_memory
-        )
-        paddle.seed(args.seed)
-        np.random.seed(args.seed)
-        self.model = build_model(**model_kwargs(args), pretrained=args.pretrained)
-        self.optimizer, self.scheduler = build_optimizer(
-            self.model, args.lr, args.momentum, args.w_d, len(self.train_sampler), args.warmup_epoch, self.step_epochs
-        )
+        self.device = "gpu" if paddle.get_device().startswith("gpu") else "cpu"
+        self.use_amp = bool(config.amp and self.device == "gpu")
+        if config.model.num_classes != len(config.classes):
+            raise UserError(f"the model has {config.model.num_classes} classes but {len(config.classes)} class names are given")
+        self.classes = list(config.classes)
+        self.model = model
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.train_set = getattr(train_loader, "dataset", None)
+        self.train_sampler = getattr(train_loader, "batch_sampler", None)
+        self.iters_per_epoch = len(train_loader)
+        if self.iters_per_epoch < 1:
+            raise UserError("the training loader yields no batch")
+        self.test_targets = np.asarray(test_loader.dataset.targets) if test_loader is not None else None
+        self.policy = label_policy(config.dataset, bool((self.test_targets == -1).any())) if self.test_targets is not None else None
+        self.step_epochs = config.lr_step or dataset_defaults(config.dataset).step_epochs
+        if optimizer is None:
+            optimizer, scheduler = build_optimizer(
+                model, config.lr, config.momentum, config.weight_decay, self.iters_per_epoch, config.warmup_epochs, self.step_epochs
+            )
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.state = TrainState()
-        if args.resume:
-            self._resume(args.resume)
+        if config.resume:
+            self._resume(config.resume)
         self.net = paddle.DataParallel(self.model) if self.world > 1 else self.model
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024) if self.use_amp else None
 
@@ -267,9 +398,9 @@ class Trainer:
             epoch=int(states["epoch"]), iteration=int(states.get("iteration", 0)),
             best_map=float(states.get("best_map", -1.0)), best_epoch=int(states.get("best_epoch", 0)),
         )
-        if states.get("iters_per_epoch") not in (None, len(self.train_sampler)):
+        if states.get("iters_per_epoch") not in (None, self.iters_per_epoch):
             log.warning("batches per epoch changed since the checkpoint (%s -> %d): the LR schedule continues by iteration count",
-                        states.get("iters_per_epoch"), len(self.train_sampler))
+                        states.get("iters_per_epoch"), self.iters_per_epoch)
         self.checkpoint_dir = stem.parent
         log.info("resumed from %s: %d epoch(s) done%s", stem, self.state.epoch,
                  f", {self.state.iteration} batch(es) into epoch {self.state.epoch + 1}" if self.state.iteration else "")
@@ -277,22 +408,28 @@ class Trainer:
     def _states(self) -> dict[str, Any]:
         return {
             "epoch": self.state.epoch, "iteration": self.state.iteration, "best_map": self.state.best_map,
-            "best_epoch": self.state.best_epoch, "iters_per_epoch": len(self.train_sampler),
-            "config": self.model.config, "classes": self.classes,
+            "best_epoch": self.state.best_epoch, "iters_per_epoch": self.iters_per_epoch,
+            "config": getattr(self.model, "config", {}), "classes": self.classes,
         }
 
     # ------------------------------------------------------------------ run
     def run(self) -> TrainState:
-        """Train from ``state.epoch`` to ``--total_epoch``; returns the final state."""
-        args = self.args
+        """Train from ``state.epoch`` to ``config.epochs``; returns the final state.
+
+        Raises:
+            TrainingInterrupted: after SIGINT/SIGTERM, once ``interrupted.*`` is saved.
+            TrainingDiverged: the loss or the weights became NaN/Inf (the last checkpoint stays).
+            UserError: a file of the run could not be written.
+        """
+        config = self.config
         if _is_main():
             with self._writing("the run files"):
                 self._write_run_files()
-        if self.state.epoch >= args.total_epoch:
-            log.info("already trained %d of %d epochs: nothing to do", self.state.epoch, args.total_epoch)
+        if self.state.epoch >= config.epochs:
+            log.info("already trained %d of %d epochs: nothing to do", self.state.epoch, config.epochs)
             return self.state
         with _StopRequest() as stop:
-            while self.state.epoch < args.total_epoch:
+            while self.state.epoch < config.epochs:
                 epoch = self.state.epoch  # 0-based; logs say epoch + 1 like the reference
                 stats = self._train_epoch(epoch, stop)
                 if stats is None:  # interrupted inside the epoch
@@ -300,7 +437,7 @@ class Trainer:
                 self._check_finite_weights(epoch)
                 self.state.epoch, self.state.iteration = epoch + 1, 0
                 row = {"epoch": epoch + 1, **stats}
-                if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.total_epoch:
+                if self.test_loader is not None and ((epoch + 1) % config.eval_interval == 0 or epoch + 1 == config.epochs):
                     row.update(self._evaluate(epoch + 1))
                 if _is_main():
                     self._save("last")
@@ -314,23 +451,30 @@ class Trainer:
         return self.state
 
     def _train_epoch(self, epoch: int, stop: _StopRequest) -> dict[str, float] | None:
-        args = self.args
-        self.train_sampler.set_epoch(epoch)
-        self.train_set.set_epoch(epoch)
+        config = self.config
+        if hasattr(self.train_sampler, "set_epoch"):
+            self.train_sampler.set_epoch(epoch)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
         skip = self.state.iteration
-        self.train_sampler.start_batch = skip
+        batches: Any = self.train_loader
+        if hasattr(self.train_sampler, "start_batch"):
+            self.train_sampler.start_batch = skip
+        elif skip:  # a loader without the hook: step over the batches already trained
+            batches = itertools.islice(iter(self.train_loader), skip, None)
         self.net.train()
-        if args.freeze_bn:  # BN uses its running statistics (and does not update them)
+        if config.freeze_bn:  # BN uses its running statistics (and does not update them)
             for layer in self.model.sublayers():
                 if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
                     layer.eval()
-        n_batches = len(self.train_sampler)
+        n_batches = self.iters_per_epoch
+        n_images = len(self.train_set) if self.train_set is not None else n_batches * config.batch_size
         losses: list[float] = []
         seen = 0
         start = time.perf_counter()
         lr = self.optimizer.get_lr()  # reported: the lr of the epoch's last step
-        bar = tqdm(total=n_batches, initial=skip, desc=f"epoch {epoch + 1}/{args.total_epoch}", disable=None if _is_main() else True, leave=False)
-        for it, (images, targets) in enumerate(self.train_loader, start=skip):
+        bar = tqdm(total=n_batches, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if _is_main() else True, leave=False)
+        for it, (images, targets) in enumerate(batches, start=skip):
             t0 = time.perf_counter()
             lr = self.optimizer.get_lr()
             loss = self._step(images, targets)
@@ -346,9 +490,9 @@ class Trainer:
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.5f}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
             bar.update(1)
-            if _is_main() and args.print_freq and it % args.print_freq == 0:
-                done = min((it + 1) * args.batch_size, len(self.train_set))
-                tqdm.write(f"Epoch {epoch + 1}[{done}/{len(self.train_set)}]: loss:{value:.5f}, lr:{lr:.5f}, time:{time.perf_counter() - t0:.4f}")
+            if _is_main() and config.print_freq and it % config.print_freq == 0:
+                done = min((it + 1) * config.batch_size, n_images)
+                tqdm.write(f"Epoch {epoch + 1}[{done}/{n_images}]: loss:{value:.5f}, lr:{lr:.5f}, time:{time.perf_counter() - t0:.4f}")
             if self._sync_stop(stop.requested) and self.state.iteration < n_batches:
                 bar.close()
                 return None
@@ -377,20 +521,7 @@ class Trainer:
         return f"the last good checkpoint stays in {self.checkpoint_dir} (resume with --resume {self.checkpoint_dir})"
 
     def _step(self, images: paddle.Tensor, targets: paddle.Tensor) -> paddle.Tensor:
-        if self.scaler is not None:
-            with paddle.amp.auto_cast():
-                logits = self.net(images)
-            loss = F.binary_cross_entropy_with_logits(logits.astype("float32"), targets)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss = F.binary_cross_entropy_with_logits(self.net(images), targets)
-            loss.backward()
-            self.optimizer.step()
-        self.optimizer.clear_grad()
-        self.scheduler.step()
-        return loss
+        return train_step(self.net, self.optimizer, self.scheduler, images, targets, self.scaler)
 
     def _global_mean(self, loss: paddle.Tensor) -> float:
         """The batch loss over all processes (each process holds the mean over its share)."""
@@ -411,7 +542,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if _is_main():
             scores = predict_scores(self.model, self.test_loader, desc=f"eval epoch {epoch}")
-            result = evaluate(scores, self.test_set.targets, policy=self.policy, threshold=self.args.threshold, class_names=self.classes)
+            result = evaluate(scores, self.test_targets, policy=self.policy, threshold=self.config.threshold, class_names=self.classes)
             metrics = {"map": result.map, "cf1": result.cf1, "of1": result.of1, "cp": result.cp, "cr": result.cr, "op": result.op, "or": result.or_}
             print(f"Test on Epoch {epoch}\n{format_reference_lines(result)}", flush=True)
             if result.map > self.state.best_map:
@@ -449,13 +580,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ files
     def _model_info(self) -> dict[str, Any]:
-        return {**self.model.config, "img_size": self.args.img_size, "dataset": self.args.dataset}
+        return {**getattr(self.model, "config", {}), "img_size": self.config.model.img_size, "dataset": self.config.dataset}
 
     def _write_run_files(self) -> None:
         self.save_dir.mkdir(parents=True, exist_ok=True)
         write_class_file(self.save_dir / "classes.txt", self.classes)
-        config = {k: v for k, v in vars(self.args).items()}
-        config.update(train_json=self.train_json, test_json=self.test_json, world_size=self.world, **self._model_info())
+        config = self.config.to_run_config()  # keys: train.py's flags, so that --resume can restore every setting
+        config.update(world_size=self.world, **self._model_info())
         atomic_write_json(self.save_dir / "config.json", config, indent=2)
         metrics = self.save_dir / "metrics.jsonl"
         if metrics.exists():  # keep only rows of epochs the resumed state has completed
@@ -477,15 +608,17 @@ class Trainer:
         log.info(msg)
 
 
-def train(args: argparse.Namespace) -> TrainState:
-    """Build a ``Trainer`` from parsed arguments, run it and release its run lock; returns the final state.
+def train(config: TrainConfig) -> TrainState:
+    """Build a Trainer with ``Trainer.from_config(config)``, run it and release its run lock.
 
-    Raises ``TrainingInterrupted`` after SIGINT/SIGTERM (``interrupted.*`` saved) and
-    ``UserError`` for bad input, a busy or unwritable ``--save_dir`` and divergence.
+    Returns:
+        the final ``TrainState``.
+    Raises:
+        TrainingInterrupted: after SIGINT/SIGTERM (``interrupted.*`` saved).
+        UserError: bad input, a busy or unusable save_dir, divergence.
     """
-    trainer = Trainer(args)
+    trainer = Trainer.from_config(config)
     try:
         return trainer.run()
     finally:
         trainer.close()
-

@@ -7,7 +7,8 @@ Usage::
 
 ``--pred`` is a JSON list of ``{"img_path": str, "scores": [C floats]}`` (sigmoid
 probabilities); ``--ann`` is the prepared dataset JSON, a list of ``{"target": [C],
-"img_path": str, optional "bbox": [x, y, w, h]}``.
+"img_path": str, optional "bbox": [x, y, w, h]}``, read and checked by
+``datasets.splits.read_split`` (the reader training and val.py use).
 
 Predictions are matched to annotations by image path (``os.path.normpath`` on both
 sides), not by position, so the prediction file may be in any order. When *every* entry of
@@ -36,6 +37,7 @@ if __package__ in (None, ""):  # run as a file (python evaluation/evaluate.py): 
 import numpy as np  # noqa: E402
 
 from utils.errors import UserError, run_cli  # noqa: E402
+from utils.fileio import atomic_write_text  # noqa: E402
 from utils.logger import get_logger  # noqa: E402
 from evaluation.metrics import (  # noqa: E402
     NO_POSITIVE_CHOICES,
@@ -192,50 +194,38 @@ def match_predictions(
     return scores, np.asarray(targets, dtype=np.float64)
 
 
-def _read_names(path: Path) -> list[str]:
-    from datasets.classes import read_class_file  # the one class-file reader
-
-    return read_class_file(path)
-
-
 def resolve_class_names(
     n_classes: int, dataset: str, classes_file: str | None, ann_path: str | os.PathLike[str]
 ) -> list[str]:
-    """Pick class names: ``--classes`` file, ``classes.txt`` beside the annotations, the
-    built-in list for ``dataset`` (``datasets.classes.BUILTIN_CLASSES``), else ``class_<i>``.
+    """Class names for the report, found by ``datasets.config.resolve_classes`` (``--classes``,
+    else ``classes.txt`` beside the annotations, else the built-in list of ``dataset``), else
+    ``class_<i>``.
 
     Args:
         n_classes: C, the number of classes in the targets.
-        dataset: dataset/policy name.
+        dataset: the ``--dataset`` label policy; its built-in list is used when it is also a
+            dataset name (voc07, coco, wider).
         classes_file: explicit names file (one name per line) or None.
         ann_path: annotation JSON path (its folder is searched for ``classes.txt``).
     Returns:
         C names.
     Raises:
-        UserError: the explicit ``classes_file`` is unreadable or has the wrong length.
+        UserError: the explicit ``classes_file`` (or a ``classes.txt`` found) is unreadable, or
+            the explicit file has the wrong length.
     """
-    if classes_file:
-        names = _read_names(Path(classes_file))
-        if len(names) != n_classes:
-            raise UserError(
-                f"class names file {classes_file} lists {len(names)} names but the targets have "
-                f"{n_classes} classes; give one name per line, in class order"
-            )
-        return names
-    beside = Path(ann_path).parent / "classes.txt"
-    if beside.is_file():
-        names = _read_names(beside)
-        if len(names) == n_classes:
-            return names
-        log.warning("ignoring %s: %d names for %d classes", beside, len(names), n_classes)
-    try:
-        from datasets.classes import BUILTIN_CLASSES  # lazy: optional module
+    from datasets.config import DATASETS, resolve_classes  # the one class-name rule
 
-        builtin = BUILTIN_CLASSES.get(dataset)
-    except Exception:  # noqa: BLE001 - any failure just means "no built-in names"
-        builtin = None
-    if builtin is not None and len(builtin) == n_classes:
-        return [str(x) for x in builtin]
+    names, source = resolve_classes(dataset if dataset in DATASETS else None, classes_file, ann_path, required=False)
+    if not names:  # no names anywhere: numbered
+        return [f"class_{i}" for i in range(n_classes)]
+    if len(names) == n_classes:
+        return names
+    if classes_file:
+        raise UserError(
+            f"class names file {classes_file} lists {len(names)} names but the targets have "
+            f"{n_classes} classes; give one name per line, in class order"
+        )
+    log.warning("ignoring the class names of %s: %d names for %d classes", source, len(names), n_classes)
     return [f"class_{i}" for i in range(n_classes)]
 
 
@@ -273,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     if not math.isfinite(args.threshold):
         raise UserError(f"--threshold must be a finite number, got {args.threshold}")
     preds = load_json_list(args.pred, "prediction file")
-    anns = load_json_list(args.ann, "annotation file")
+    from datasets.splits import read_split  # the one split reader
+
+    entries, targets = read_split(args.ann)
+    anns = [{**entry, "target": row} for entry, row in zip(entries, targets.tolist())]
     scores, targets = match_predictions(
         preds, anns, pred_name=f"prediction file {args.pred}", ann_name=f"annotation file {args.ann}"
     )
@@ -290,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_class_table(result))
     if args.json_out is not None:
         try:
-            args.json_out.parent.mkdir(parents=True, exist_ok=True)
-            args.json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+            atomic_write_text(args.json_out, json.dumps(result.to_dict(), indent=2) + "\n")
         except OSError as exc:
             raise UserError(f"cannot write metrics to {args.json_out}: {exc}") from None
         log.info("metrics written to %s", args.json_out)

@@ -5,7 +5,7 @@ row per image, one column per class) and ``targets`` (the label encoding of the 
 see :class:`LabelPolicy`). No per-class Python loop runs in the hot path: AP for all classes
 comes from one sort of the score matrix, the thresholded counts from boolean reductions.
 
-Conventions, shared with the CSRA reference evaluator (section 4 of the project spec):
+Conventions, shared with the CSRA reference evaluator:
 
 * **Positive** means target value ``1``. Which other values are negatives and which are
   ignored depends on the dataset's :class:`LabelPolicy`.

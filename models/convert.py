@@ -1,18 +1,23 @@
-"""Convert PyTorch state dicts to Paddle: torchvision ResNets, reference CSRA checkpoints and
-the attention repositories' ResNets.
+"""Convert PyTorch state dicts to Paddle, driven by the registries: backbone families and attention blocks.
 
-Formats (detected from the keys by ``detect_format``):
-- ``torchvision-resnet``: ImageNet ResNet (``fc.*`` dropped, the CSRA head starts fresh);
-- ``csra-reference``: the CSRA reference's checkpoints (``classifier.multi_head.*``);
-- ``channel-attention``: SanderKlomp/channel-attention ResNets, recalibrators under
-  ``layerX.Y.rclb.*`` (se, srm, ge, meanrew, multise, eca; a ``multise3`` checkpoint, three
-  separate SE MLPs ``fc1``/``fc2``/``fc3``, is rewritten exactly into ``multise``'s grouped
-  convs: branch i -> group i);
-- ``prm-resnet``: 13952522076/PRM ResNets, ``layerX.Y.prm.*``;
-- ``at-kernel-mmcls``: the AT-kernel mmcls backbone, ``backbone.``-prefixed, ``conv2.{emb_K,
-  MLP,emb_V}.*`` in the AT blocks, its ``head.*`` dropped;
-- ``paddle``: already Paddle names.
-A ``module.`` (DataParallel) prefix is stripped.
+Nothing here knows a particular backbone or block. A checkpoint is read as
+- a container: a ``module.`` (DataParallel) prefix is stripped, and an mmcls checkpoint
+  (``backbone.*`` + ``head.*``) keeps its backbone;
+- a backbone family's keys (``BackboneFamily.signature``, e.g. ResNet's ``conv1.weight`` and
+  ``layer1.*``), renamed by the family (``rename``) and by the torch -> Paddle BatchNorm rule
+  (``running_mean`` -> ``_mean``, ``running_var`` -> ``_variance``); the family's ImageNet
+  classifier (``head_keys``, ResNet's ``fc.*``) is dropped;
+- attention-block tensors: the keys under a block's slot (``layer3.1.rclb.*``,
+  ``layer4.0.conv2.emb_K.*``: the family's ``block_pattern`` + the spec's ``checkpoint_key``
+  or the family's ``mixer_slot``) that a registered ``AttentionSpec``'s ``CheckpointKeys``
+  owns; its rules name the block (``infer_attention``), its ``rewrite`` hook converts
+  variants (multise3 -> multise), its ``img_size`` hook reads GE's input size.
+
+Formats (``detect_format``): ``paddle`` (already Paddle names), ``csra-reference`` (the CSRA
+reference's checkpoints, ``classifier.multi_head.*``), the ``source_format`` of the first
+registered attention block with tensors in the checkpoint (``channel-attention``,
+``prm-resnet``, ``at-kernel-mmcls``), else the family's ``torch_format``
+(``torchvision-resnet``).
 
 The conversion is driven by the *target model*: every tensor is renamed, transposed where
 the target layer is a ``Linear`` (torch keeps [out, in], Paddle [in, out]), reshaped to
@@ -24,27 +29,24 @@ replaces are then skipped.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 from paddle import nn
 
+from models.attention import ATTENTIONS, AttentionSpec
+from models.family import FAMILIES, BackboneFamily, load_families
 from models.state_check import diff_state
 from utils.errors import UserError
 
-FORMAT_TORCHVISION_RESNET = "torchvision-resnet"
 FORMAT_CSRA_REFERENCE = "csra-reference"
 FORMAT_PADDLE = "paddle"
-FORMAT_CHANNEL_ATTENTION = "channel-attention"
-FORMAT_PRM = "prm-resnet"
-FORMAT_AT_MMCLS = "at-kernel-mmcls"
 MMCLS_BACKBONE_PREFIX = "backbone."
 
 _BN_RENAMES = {"running_mean": "_mean", "running_var": "_variance"}
-_IMAGENET_FC = ("fc.weight", "fc.bias")
 CLASSIFIER_PREFIX = "classifier."
+_CSRA_HEADS_PREFIX = "classifier.multi_head."
 
 
 @dataclass
@@ -90,109 +92,107 @@ def strip_mmcls_prefix(state: Mapping[str, Any]) -> tuple[dict[str, Any], list[s
     return {k[len(MMCLS_BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(MMCLS_BACKBONE_PREFIX)}, head
 
 
+def _families() -> list[BackboneFamily]:
+    load_families()
+    return [FAMILIES.get(name) for name in FAMILIES.names()]
+
+
+def _attention_specs() -> list[AttentionSpec]:
+    return [ATTENTIONS.get(name) for name in ATTENTIONS.names()]
+
+
+def detect_family(keys: list[str]) -> BackboneFamily:
+    """The registered backbone family whose ``signature`` the keys (prefix-stripped) match.
+
+    Raises UserError naming the families' expected keys and the first keys found.
+    """
+    keyset = set(keys)
+    for family in _families():
+        if family.signature(keyset):
+            return family
+    expected = "; ".join(f"{f.name}: {f.key_hint}" for f in _families())
+    raise UserError(
+        f"unrecognised checkpoint: expected the keys of a registered backbone family ({expected}), "
+        f"first keys found: {', '.join(keys[:5]) or 'none'}. Pass a checkpoint of one of the registered models"
+    )
+
+
+def attention_tensors(key: str, families: list[BackboneFamily] | None = None) -> Iterator[tuple[int, AttentionSpec, str]]:
+    """``(stage, spec, leaf)`` for each registered attention block whose signature owns ``key``.
+
+    ``key`` (prefix-stripped, torch or Paddle names) must lie in a block of a family
+    (``BackboneFamily.locate``) under the block's slot: a recalibrator's ``checkpoint_key``
+    or the family's ``mixer_slot``; ``leaf`` is the rest of the key. Several recalibrators
+    share a slot (``rclb``): each one owning the key is yielded, in registry order.
+    """
+    for family in families if families is not None else _families():
+        located = family.locate(key)
+        if located is None:
+            continue
+        stage, rest = located
+        for spec in _attention_specs():
+            slot = spec.slot(family.mixer_slot)
+            if slot and rest.startswith(f"{slot}.") and spec.checkpoint.owns_leaf(rest[len(slot) + 1:]):
+                yield stage, spec, rest[len(slot) + 1:]
+        return
+
+
 def detect_format(keys: list[str]) -> str:
     """Name the checkpoint format from its keys (after prefix stripping).
 
-    Returns one of ``csra-reference`` (torch names, CSRA classifier), ``channel-attention``
-    (``.rclb.`` recalibrators), ``prm-resnet`` (``.prm.``), ``at-kernel-mmcls``
-    (``conv2.emb_K``), ``torchvision-resnet`` (torch names, ImageNet fc) or ``paddle``
-    (already Paddle names); UserError otherwise.
+    Returns ``paddle`` (Paddle BatchNorm names), ``csra-reference`` (torch names, CSRA
+    classifier), the ``source_format`` of the first registered attention block (registry
+    order) with tensors in the checkpoint (``channel-attention``, ``prm-resnet``,
+    ``at-kernel-mmcls``...), else the family's ``torch_format`` (``torchvision-resnet``).
+    UserError when no registered family recognises the keys.
     """
-    keyset = set(keys)
+    family = detect_family(keys)
     torch_bn = any(k.endswith((".running_mean", ".running_var")) for k in keys)
     paddle_bn = any(k.endswith(("._mean", "._variance")) for k in keys)
-    has_resnet = "conv1.weight" in keyset and any(k.startswith("layer1.") for k in keys)
-    if not has_resnet:
-        raise UserError(
-            "unrecognised checkpoint: expected ResNet keys such as 'conv1.weight' and 'layer1.*' "
-            f"(first keys found: {', '.join(keys[:5]) or 'none'})"
-        )
     if paddle_bn and not torch_bn:
         return FORMAT_PADDLE
-    if any(k.startswith("classifier.multi_head.") for k in keys):
+    if any(k.startswith(_CSRA_HEADS_PREFIX) for k in keys):
         return FORMAT_CSRA_REFERENCE
-    if any(".rclb." in k for k in keys):
-        return FORMAT_CHANNEL_ATTENTION
-    if any(".prm." in k for k in keys):
-        return FORMAT_PRM
-    if any(".conv2.emb_K." in k for k in keys):
-        return FORMAT_AT_MMCLS
-    return FORMAT_TORCHVISION_RESNET
-
-
-def _stage_of(key: str) -> int | None:
-    match = re.match(r"layer(\d)\.", key)
-    return int(match.group(1)) if match else None
+    present = {spec.name for key in keys for _, spec, _ in attention_tensors(key, [family])}
+    for spec in _attention_specs():
+        if spec.name in present and spec.checkpoint.source_format:
+            return spec.checkpoint.source_format
+    return family.torch_format
 
 
 def infer_attention(state: Mapping[str, Any]) -> dict[str, Any]:
     """The ``build_model`` attention arguments a checkpoint's keys imply (torch or Paddle names).
 
-    Returns ``{}`` for a checkpoint without attention blocks, else ``{"attention": name,
-    "attention_stages": [...]}`` plus ``"img_size"`` for GE (from its stage kernels, assuming
-    a side that is a multiple of 32).
+    Every key under an attention slot is matched against the registered blocks'
+    ``CheckpointKeys.identify`` rules. Returns ``{}`` for a checkpoint without attention
+    blocks, else ``{"attention": name, "attention_stages": [...]}`` plus ``"img_size"`` when the
+    block's ``img_size`` hook reads one (GE, from its first stage's kernel, assuming a side
+    that is a multiple of 32). UserError when several blocks are found.
     """
     state, _ = strip_prefix(state)
     state, _ = strip_mmcls_prefix(state)
+    families = _families()
     found: dict[str, set[int]] = {}
-    ge_kernels: dict[int, int] = {}
+    sizes: dict[str, dict[int, int]] = {}
     for key, value in state.items():
-        stage = _stage_of(key)
-        if stage is None:
-            continue
-        shape = tuple(int(s) for s in np.shape(value))
-        name = None
-        if ".prm." in key:
-            name = "prm"
-        elif ".conv2.emb_K." in key:
-            name = "at"
-        elif ".conv2.context_layer." in key:
-            name = "emod"
-        elif ".rclb." in key:
-            leaf = key.split(".rclb.", 1)[1]
-            if leaf == "cfc":
-                name = "srm" if len(shape) == 2 else "ab"
-            elif leaf.startswith(("fc1.", "style_assigner.")) or (leaf == "fc.0.weight" and len(shape) == 4):
-                name = "multise"
-            elif leaf == "fc.0.weight":
-                name = "se"
-            elif leaf == "conv.0.weight":
-                name = "ge"
-                ge_kernels[stage] = shape[-1]
-            elif leaf == "conv.weight":
-                name = "eca"
-        if name:
-            found.setdefault(name, set()).add(stage)
+        for stage, spec, leaf in attention_tensors(key, families):
+            shape = tuple(int(s) for s in np.shape(value))
+            if not spec.checkpoint.identifies(leaf, shape):
+                continue
+            found.setdefault(spec.name, set()).add(stage)
+            size = spec.checkpoint.img_size(leaf, shape, stage) if spec.checkpoint.img_size else None
+            if size:
+                sizes.setdefault(spec.name, {})[stage] = size
+            break
     if not found:
         return {}
     if len(found) > 1:
         raise UserError(f"the checkpoint mixes several attention blocks ({', '.join(sorted(found))}); it cannot be loaded")
     name, stages = next(iter(found.items()))
     out: dict[str, Any] = {"attention": name, "attention_stages": sorted(stages)}
-    if ge_kernels:
-        stage, kernel = min(ge_kernels.items())
-        out["img_size"] = kernel * 2 ** (stage + 1)
+    if sizes.get(name):
+        out["img_size"] = sizes[name][min(sizes[name])]
     return out
-
-
-def merge_multise3(state: dict[str, Any]) -> list[str]:
-    """Rewrite ``multise3`` recalibrators (three SE MLPs ``fc1/fc2/fc3``) into ``multise`` in place.
-
-    Branch i's Linear layers become group i of the grouped 1x1 convs: ``fc.0.weight`` =
-    concat_i(fc{i}.0.weight) as [3C/16, C, 1, 1], ``fc.2.weight`` = concat_i(fc{i}.2.weight)
-    as [3C, C/16, 1, 1], biases concatenated; ``style_assigner`` is unchanged. This is exact:
-    group i of the grouped conv on y tiled three times computes branch i's MLP on y.
-    Returns the block prefixes rewritten.
-    """
-    prefixes = sorted({k[: -len("fc1.0.weight")] for k in state if k.endswith(".rclb.fc1.0.weight")})
-    for prefix in prefixes:
-        branches = [f"{prefix}fc{i}." for i in (1, 2, 3)]
-        for layer in ("0", "2"):
-            weights = [np.asarray(state.pop(f"{b}{layer}.weight")) for b in branches]
-            biases = [np.asarray(state.pop(f"{b}{layer}.bias")) for b in branches]
-            state[f"{prefix}fc.{layer}.weight"] = np.concatenate(weights, axis=0)[:, :, None, None]
-            state[f"{prefix}fc.{layer}.bias"] = np.concatenate(biases, axis=0)
-    return prefixes
 
 
 def _linear_weight_names(model: nn.Layer) -> set[str]:
@@ -203,7 +203,8 @@ def convert_torch_state(source: Mapping[str, np.ndarray], model: nn.Layer) -> Co
     """Convert a PyTorch state dict to the names and layouts of ``model``.
 
     Args:
-        source: torch key -> numpy array (from ``utils.pth_io``), possibly ``module.``-prefixed.
+        source: torch key -> numpy array (from ``utils.pth_io``), possibly ``module.``-prefixed
+            or an mmcls checkpoint; its keys must match a registered family (``detect_family``).
         model: the target Paddle model (its state dict defines names and shapes).
     Returns:
         a ``Conversion``. Raises UserError when the tensors do not fit the model, naming the
@@ -211,14 +212,16 @@ def convert_torch_state(source: Mapping[str, np.ndarray], model: nn.Layer) -> Co
     """
     state, stripped = strip_prefix(source)
     state, head_keys = strip_mmcls_prefix(state)
+    family = detect_family(list(state))
     fmt = detect_format(list(state))
     conv = Conversion(format=fmt, prefix_stripped="module." if stripped else None)
     if head_keys:
         conv.prefix_stripped = MMCLS_BACKBONE_PREFIX if not stripped else f"module., {MMCLS_BACKBONE_PREFIX}"
         conv.skipped.extend((k, "mmcls classification head, replaced by the CSRA head") for k in head_keys)
-    merged = merge_multise3(state)
-    if merged:
-        conv.notes.append(f"multise3: {len(merged)} block(s) of three SE MLPs merged into multise's grouped convs (exact)")
+    for spec in _attention_specs():  # variants of a block's checkpoints (multise3 -> multise)
+        note = spec.checkpoint.rewrite(state) if spec.checkpoint.rewrite else None
+        if note:
+            conv.notes.append(note)
     target = model.state_dict()
     linear_weights = _linear_weight_names(model)
     replaced = _replaced_conv_keys(model)
@@ -227,14 +230,15 @@ def convert_torch_state(source: Mapping[str, np.ndarray], model: nn.Layer) -> Co
         if key.endswith("num_batches_tracked"):
             conv.skipped.append((key, "BN step counter (Paddle does not keep one)"))
             continue
-        if key in _IMAGENET_FC and key not in target:
+        if key in family.head_keys and key not in target:
             conv.skipped.append((key, "ImageNet classifier, replaced by the CSRA head"))
             continue
-        if key in replaced and not source_has_blocks:
+        new_key = family.rename(key) if family.rename else key
+        if new_key in replaced and not source_has_blocks:
             conv.skipped.append((key, "3x3 conv replaced by the attention mixer (which starts fresh)"))
             continue
-        parent, _, leaf = key.rpartition(".")
-        new_key = f"{parent}.{_BN_RENAMES[leaf]}" if leaf in _BN_RENAMES else key
+        parent, _, leaf = new_key.rpartition(".")
+        new_key = f"{parent}.{_BN_RENAMES[leaf]}" if leaf in _BN_RENAMES else new_key
         array = np.asarray(value)
         if new_key in linear_weights and array.ndim == 2:
             array = array.T
@@ -262,12 +266,10 @@ def convert_torch_state(source: Mapping[str, np.ndarray], model: nn.Layer) -> Co
     return conv
 
 
-_ATTENTION_KEY = re.compile(r"^layer\d\.\d+\.(rclb|prm|conv2\.(emb_K|emb_V|MLP|fc1|fc2|context_layer))\.")
-
-
 def _has_attention_keys(state: Mapping[str, Any]) -> bool:
-    """Whether a (prefix-stripped) checkpoint holds any attention-block tensor."""
-    return any(_ATTENTION_KEY.match(k) for k in state)
+    """Whether a (prefix-stripped) checkpoint holds any tensor owned by a registered attention block."""
+    families = _families()
+    return any(next(attention_tensors(k, families), None) is not None for k in state)
 
 
 def attention_state_keys(model: nn.Layer) -> set[str]:

@@ -10,29 +10,30 @@ sample 0's maxima onto the whole batch; that bug is not repeated here).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from models.spec import HEAD_TEMPERATURES, MAX_POOL_TEMPERATURE, SUPPORTED_HEADS
 from utils.errors import UserError
 
-MAX_POOL_TEMPERATURE = 99
-HEAD_TEMPERATURES: dict[int, tuple[int, ...]] = {
-    1: (1,),
-    2: (1, 99),
-    4: (1, 2, 4, 99),
-    6: (1, 2, 3, 4, 5, 99),
-    8: (1, 2, 3, 4, 5, 6, 7, 99),
-}
+# The head-count -> temperatures table lives in the Paddle-free ``models.spec`` (the CLI's
+# --num_heads choices are ``SUPPORTED_HEADS``); re-exported here.
+__all__ = ["CSRA", "CSRAModel", "HEAD_TEMPERATURES", "MAX_POOL_TEMPERATURE", "MultiHeadCSRA", "SUPPORTED_HEADS",
+           "head_temperatures"]
 
 
 def head_temperatures(num_heads: int) -> tuple[int, ...]:
-    """Temperatures of the reference for ``num_heads`` heads (1, 2, 4, 6 or 8); UserError otherwise."""
+    """Temperatures of the reference for ``num_heads`` heads (``SUPPORTED_HEADS``: 1, 2, 4, 6 or 8).
+
+    Returns a tuple of ``num_heads`` temperatures (99 = max pooling); UserError otherwise.
+    """
     if num_heads not in HEAD_TEMPERATURES:
         raise UserError(
             f"--num_heads {num_heads} is not supported: CSRA defines temperatures for "
-            f"{', '.join(map(str, HEAD_TEMPERATURES))} heads only"
+            f"{', '.join(map(str, SUPPORTED_HEADS))} heads only; use one of these"
         )
     return HEAD_TEMPERATURES[num_heads]
 
@@ -89,3 +90,25 @@ class MultiHeadCSRA(nn.Layer):
         for head in self.multi_head[1:]:
             logit = logit + head(x)
         return logit
+
+
+class CSRAModel(nn.Layer):
+    """Adds the CSRA classifier to a backbone class: ``class ResNetCSRA(CSRAModel, ResNet)``.
+
+    The backbone class (next in the MRO) builds its layers in ``__init__`` (taking the
+    positional and remaining keyword arguments), sets ``feature_channels`` and defines
+    ``forward_features(x [B,3,H,W]) -> [B, feature_channels, H/32, W/32]``. Its parameters stay
+    at the top level of the state dict (the original checkpoints' names) and the classifier is
+    created after them, under ``classifier.multi_head.{h}.head.weight``.
+
+    ``forward(x [B,3,H,W]) -> logits [B, num_classes]``.
+    """
+
+    feature_channels: int
+
+    def __init__(self, *args: Any, num_classes: int, num_heads: int = 1, lam: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.classifier = MultiHeadCSRA(self.feature_channels, num_classes, num_heads, lam)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.classifier(self.forward_features(x))

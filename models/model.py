@@ -1,52 +1,46 @@
-"""CSRA models: a backbone followed by the multi-head CSRA classifier, and ``build_model``."""
+"""``build_model``: a registered model (backbone family + CSRA classifier), with an optional attention block.
+
+``MODELS`` holds one ``ModelSpec`` per model name and ``FAMILIES`` one ``BackboneFamily`` per
+family (see ``models.family``); importing this module imports every family module listed in
+``models.spec.BACKBONE_FAMILIES``. ``build_model`` dispatches on the spec's family.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-import paddle
 from paddle import nn
 
-from models.attention import attention_factories, get_attention, resolve_stages, validate_attention
-from models.csra import MultiHeadCSRA
-from models.registry import Registry
-from models.resnet import RESNET_SPECS, BottleneckBlock, ResNet
+from models.attention import ATTENTIONS, MIXER, AttentionSpec, attention_factories, get_attention, resolve_stages, validate_attention
+from models.family import FAMILIES, MODELS, ModelSpec, load_families
+from models.spec import DEFAULT_IMG_SIZE  # the one default input side (448) of build_model and the scripts
 from utils.errors import UserError
 
-MODELS: Registry[Callable[..., nn.Layer]] = Registry("model")
-DEFAULT_IMG_SIZE = 224  # the input side attention blocks are sized for unless img_size is given
+__all__ = ["FAMILIES", "MODELS", "build_model", "check_attention_fits"]
+
+load_families()
 
 
-class ResNetCSRA(ResNet):
-    """ResNet trunk + CSRA classifier.
+def check_attention_fits(spec: ModelSpec, attention: AttentionSpec) -> None:
+    """The one check that a model's blocks can host an attention block (e.g. mixers need bottlenecks).
 
-    Backbone parameters sit at the top level (``conv1``, ``layer1`` ...) and the classifier
-    under ``classifier.multi_head.{h}.head.weight``: the key names of both Paddle's ImageNet
-    ResNets and the reference CSRA checkpoints.
-
-    ``forward(x [B,3,H,W]) -> logits [B, num_classes]``;
-    ``forward_features(x) -> [B, feature_channels, H/32, W/32]``.
+    Args:
+        spec: the model's spec (its ``attention_kinds``).
+        attention: the attention block's spec (its ``kind``).
+    Raises:
+        UserError naming the block, the model, why it does not fit and the models that would.
     """
-
-    def __init__(self, depth: int, num_classes: int, num_heads: int = 1, lam: float = 0.1, **backbone_kw: Any) -> None:
-        super().__init__(depth, **backbone_kw)
-        self.classifier = MultiHeadCSRA(self.feature_channels, num_classes, num_heads, lam)
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.classifier(self.forward_features(x))
-
-
-def _register_resnet(depth: int) -> None:
-    def factory(num_classes: int, num_heads: int = 1, lam: float = 0.1, **kw: Any) -> ResNetCSRA:
-        return ResNetCSRA(depth, num_classes, num_heads, lam, **kw)
-
-    factory.__name__ = f"resnet{depth}"
-    factory.bottleneck = RESNET_SPECS[depth][0] is BottleneckBlock  # type: ignore[attr-defined]
-    factory.__doc__ = f"ResNet-{depth} + CSRA."
-    MODELS.register(f"resnet{depth}")(factory)
-
-
-for _depth in (18, 34, 50, 101, 152):
-    _register_resnet(_depth)
+    if attention.kind in spec.attention_kinds:
+        return
+    hosts = [name for name in MODELS.names() if attention.kind in MODELS.get(name).attention_kinds]
+    what = "replaces a block's 3x3 conv" if attention.kind == MIXER else "acts on a residual branch"
+    others = [name for name in ATTENTIONS.names() if get_attention(name).kind in spec.attention_kinds]
+    fix = "choose one of those models" if hosts else "no registered model can host it"
+    if others:
+        fix += f", or an attention block that {spec.name} can host ({', '.join(others)})"
+    raise UserError(
+        f"--attention {attention.name} is a {attention.kind} (it {what}) and needs one of "
+        f"{', '.join(hosts) or '(none)'}; --model {spec.name} has {spec.block} blocks: {fix}"
+    )
 
 
 def build_model(
@@ -63,28 +57,32 @@ def build_model(
     """Build a CSRA model by name.
 
     Args:
-        name: a registered model, e.g. ``resnet101`` (see ``MODELS.names()``).
+        name: a registered model, e.g. ``resnet101`` (see ``MODELS.names()``); its spec's family
+            builds it (``BackboneFamily.build``).
         num_classes: number of labels C.
-        num_heads: CSRA heads (1, 2, 4, 6 or 8).
+        num_heads: CSRA heads (``models.spec.SUPPORTED_HEADS``: 1, 2, 4, 6 or 8).
         lam: weight of the attention logit (> 0).
         attention: name of an attention block placed in the residual blocks (see
-            ``models.attention.ATTENTIONS``), or None.
-        pretrained: None, a local ``.pdparams``/``.pth`` file, an http(s) URL, or ``imagenet``.
-            A backbone-only source (ImageNet) leaves the classifier and any attention block
-            at their initialisation.
+            ``models.attention.ATTENTIONS``), or None. The model must host its kind
+            (``ModelSpec.attention_kinds``; mixers need bottleneck ResNets).
+        pretrained: None, a local ``.pdparams``/``.pth`` file, an http(s) URL, or a weights tag
+            of the model's spec (``imagenet``). A backbone-only source (ImageNet) leaves the
+            classifier and any attention block at their initialisation.
         attention_stages: stages (1..4) receiving the attention block, as a list/tuple of ints
-            or a string such as ``"3,4"``; None = the block's default (recalibrators 1-4,
-            ``at`` 4, ``emod`` 3 and 4). Only valid with ``attention``.
-        img_size: the square input side the model will run at (default 224). Only blocks
-            whose shape depends on it use it: GE's depthwise kernel covers each stage's whole
-            feature map (img_size/4, /8, /16, /32).
-        kw: passed to the model class.
+            or comma-separated text such as ``"3,4"`` (``models.spec.parse_stages``); None = the
+            block's default (recalibrators 1-4, ``at`` 4, ``emod`` 3 and 4). Only valid with ``attention``.
+        img_size: the square input side S the model will run at (default
+            ``models.spec.DEFAULT_IMG_SIZE``, 448). Only blocks whose shape depends on it use
+            it: GE's depthwise kernel covers each stage's whole feature map (S/4, /8, /16, /32).
+        kw: passed to the family's ``build``.
     Returns:
-        a ``paddle.nn.Layer``: ``forward(x [B,3,H,W]) -> logits [B, C]``,
-        ``forward_features(x) -> [B, d, H/32, W/32]``; its ``config`` dict records the arguments
-        (``attention_stages`` as a list of ints, None without attention).
+        a ``paddle.nn.Layer``: ``forward(x [B,3,S,S]) -> logits [B, C]``,
+        ``forward_features(x) -> [B, d, S/32, S/32]`` (d = the spec's ``feature_channels``); its
+        ``config`` dict records the arguments (``attention_stages`` as a list of ints, None
+        without attention).
     """
-    factory = MODELS.get(name)
+    spec = MODELS.get(name)
+    family = FAMILIES.get(spec.family)
     attention = validate_attention(attention)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -97,17 +95,14 @@ def build_model(
         if attention_stages not in (None, "", (), []):
             raise UserError(f"attention stages {attention_stages!r} were given without an attention block (--attention)")
     else:
-        spec = get_attention(attention)
-        stages = list(resolve_stages(attention, attention_stages))
-        if spec.bottleneck_only and not getattr(factory, "bottleneck", True):
-            raise UserError(
-                f"attention '{attention}' replaces the bottleneck's 3x3 conv and needs resnet50/101/152; "
-                f"{MODELS.canonical(name)} has basic blocks"
-            )
+        check_attention_fits(spec, get_attention(attention))
+        stages = resolve_stages(attention, attention_stages)
         kw.update(attention_factories(attention, stages, img_size))
-    model = factory(num_classes=num_classes, num_heads=num_heads, lam=lam, **kw)
+    model = family.build(spec, num_classes=num_classes, num_heads=num_heads, lam=lam, **kw)
+    if model.feature_channels != spec.feature_channels:  # a family/spec inconsistency, not a user error
+        raise ValueError(f"{spec.name}: the model has {model.feature_channels} feature channels, its spec says {spec.feature_channels}")
     model.config = {
-        "model": MODELS.canonical(name),
+        "model": spec.name,
         "num_classes": num_classes,
         "num_heads": num_heads,
         "lam": lam,

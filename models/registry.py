@@ -1,4 +1,4 @@
-"""A tiny name -> factory registry, used for backbones/models and attention blocks."""
+"""A tiny name -> object registry, used for backbone families, models and attention blocks."""
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
@@ -35,6 +35,16 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (a registered name, not an alias) and its aliases; return its object.
+
+        For tests that register a temporary entry; KeyError when ``name`` is not registered.
+        """
+        key = name.lower()
+        obj = self._items.pop(key)
+        self._aliases = {alias: target for alias, target in self._aliases.items() if target != key}
+        return obj
+
     def canonical(self, name: str) -> str:
         """Return the registered name for ``name`` or an alias of it (UserError if unknown)."""
         key = name.lower()
@@ -51,6 +61,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         """Registered names (without aliases), in registration order."""
         return list(self._items)
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> registered name."""
+        return dict(self._aliases)
 
     def __contains__(self, name: str) -> bool:
         key = name.lower()

@@ -1,4 +1,10 @@
-"""ResNet backbones (18-152) in the torchvision / ``paddle.vision.models.ResNet`` layout.
+"""The ResNet backbone family (resnet18-152) in the torchvision / ``paddle.vision.models.ResNet`` layout.
+
+This module registers the family and its five models (``models.family``): the specs carry
+depth, block kind, output width, the attention kinds their blocks host and Paddle's ImageNet
+weights (URL + md5); the family carries how to build them (``ResNetCSRA``) and how ResNet
+checkpoints look (torchvision key names, the ImageNet ``fc`` to drop, where attention blocks
+sit: ``layer{stage}.{i}.<slot>``, mixers in ``conv2``).
 
 Parameter names are those of ``paddle.vision``'s ResNet (``conv1``, ``bn1``,
 ``layer{1..4}.{i}.{conv1,bn1,conv2,bn2,conv3,bn3,downsample.0,downsample.1}``), so
@@ -13,14 +19,15 @@ conv3's input (``_inference_tail``): same function, fewer passes over the featur
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Any, Callable, Collection, Protocol
 
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from models.attention.base import fold_batch_norm
-from utils.errors import UserError
+from models.attention.base import MIXER, RECALIBRATOR, fold_batch_norm
+from models.csra import CSRAModel
+from models.family import BackboneFamily, ModelSpec, WeightsSource, register_family
 
 # A factory building a recalibrator for a block: (channels, stage 1..4) -> Layer or None.
 RecalibratorFactory = Callable[[int, int], nn.Layer | None]
@@ -68,7 +75,11 @@ class _ResidualBlock(nn.Layer):
 
 
 class BasicBlock(_ResidualBlock):
-    """Two 3x3 convs (ResNet-18/34). Input [B, inplanes, H, W] -> [B, planes, H/s, W/s]."""
+    """Two 3x3 convs (ResNet-18/34). Input [B, inplanes, H, W] -> [B, planes, H/s, W/s].
+
+    Hosts recalibrators only (no ``mixer`` argument): which attention kinds a model hosts is
+    its ``ModelSpec.attention_kinds``, checked once by ``build_model``.
+    """
 
     expansion = 1
 
@@ -79,11 +90,8 @@ class BasicBlock(_ResidualBlock):
         stride: int = 1,
         downsample: nn.Layer | None = None,
         recalibrator: nn.Layer | None = None,
-        mixer: nn.Layer | None = None,
     ) -> None:
         super().__init__()
-        if mixer is not None:
-            raise ValueError("mixer attention blocks need bottleneck ResNets (resnet50/101/152)")
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2D(planes)
         self.relu = nn.ReLU()
@@ -172,7 +180,7 @@ class ResNet(nn.Layer):
         recalibrator_factory: optional ``(channels, stage) -> Layer | None`` called for every
             block; the layer acts on the residual branch after its last BN.
         mixer_factory: optional ``(in_ch, out_ch, stride, stage) -> Layer | None`` replacing a
-            bottleneck's 3x3 conv.
+            bottleneck's 3x3 conv (bottleneck depths only; ``build_model`` checks that).
     ``forward_features(x [B,3,H,W]) -> [B, feature_channels, H/32, W/32]``.
     """
 
@@ -186,11 +194,6 @@ class ResNet(nn.Layer):
         if depth not in RESNET_SPECS:
             raise ValueError(f"unsupported ResNet depth {depth}; choose from {sorted(RESNET_SPECS)}")
         block, layers = RESNET_SPECS[depth]
-        if mixer_factory is not None and block is not BottleneckBlock:
-            raise UserError(
-                f"attention blocks that replace the 3x3 conv (mixers) need a bottleneck ResNet "
-                f"(resnet50/101/152); ResNet-{depth} has basic blocks"
-            )
         self.depth = depth
         self.inplanes = 64
         self.conv1 = nn.Conv2D(3, 64, 7, stride=2, padding=3, bias_attr=False, weight_attr=_conv_init())
@@ -223,7 +226,8 @@ class ResNet(nn.Layer):
                 downsample = nn.Sequential(conv1x1(self.inplanes, out_channels, s), nn.BatchNorm2D(out_channels))
             recal = recalibrator_factory(out_channels, stage) if recalibrator_factory else None
             mixer = mixer_factory(planes, planes, s, stage) if mixer_factory else None
-            layers.append(block(self.inplanes, planes, s, downsample, recalibrator=recal, mixer=mixer))
+            hooks: dict[str, nn.Layer] = {"mixer": mixer} if mixer is not None else {}
+            layers.append(block(self.inplanes, planes, s, downsample, recalibrator=recal, **hooks))
             self.inplanes = out_channels
         return nn.Sequential(*layers)
 
@@ -237,3 +241,68 @@ class ResNet(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.forward_features(x)
+
+
+class ResNetCSRA(CSRAModel, ResNet):
+    """ResNet trunk + CSRA classifier: ``ResNetCSRA(depth, num_classes=, num_heads=, lam=, **hooks)``.
+
+    Backbone parameters sit at the top level (``conv1``, ``layer1`` ...) and the classifier
+    under ``classifier.multi_head.{h}.head.weight``: the key names of both Paddle's ImageNet
+    ResNets and the reference CSRA checkpoints.
+
+    ``forward(x [B,3,H,W]) -> logits [B, num_classes]``;
+    ``forward_features(x) -> [B, feature_channels, H/32, W/32]``.
+    """
+
+
+# ----------------------------------------------------------------------------- the family and its specs
+FAMILY = "resnet"
+FORMAT_TORCHVISION_RESNET = "torchvision-resnet"
+_HAPI = "https://paddle-hapi.bj.bcebos.com/models/"  # Paddle's official ImageNet ResNets (paddle.vision.models)
+_BASIC_HOSTS = frozenset({RECALIBRATOR})
+_BOTTLENECK_HOSTS = frozenset({RECALIBRATOR, MIXER})
+
+
+def _resnet(depth: int, md5: str) -> ModelSpec:
+    block, _ = RESNET_SPECS[depth]
+    bottleneck = block is BottleneckBlock
+    return ModelSpec(
+        name=f"resnet{depth}", family=FAMILY, preset=depth, block="bottleneck" if bottleneck else "basic",
+        feature_channels=512 * block.expansion, attention_kinds=_BOTTLENECK_HOSTS if bottleneck else _BASIC_HOSTS,
+        weights={"imagenet": WeightsSource(f"{_HAPI}resnet{depth}.pdparams", md5)}, summary=f"ResNet-{depth} + CSRA",
+    )
+
+
+RESNET_MODELS: tuple[ModelSpec, ...] = (
+    _resnet(18, "cf548f46534aa3560945be4b95cd11c4"),
+    _resnet(34, "8d2275cf8706028345f78ac0e1d31969"),
+    _resnet(50, "ca6f485ee1ab0492d38f323885b0ad80"),
+    _resnet(101, "02f35f034ca3858e1e54d4036443c92d"),
+    _resnet(152, "7ad16a2f1e7333859ff986138630fd7a"),
+)
+
+
+def build_resnet(spec: ModelSpec, **kwargs: Any) -> ResNetCSRA:
+    """``BackboneFamily.build``: ``ResNetCSRA(spec.preset, **kwargs)`` (num_classes, num_heads, lam, attention hooks)."""
+    return ResNetCSRA(spec.preset, **kwargs)
+
+
+def looks_like_resnet(keys: Collection[str]) -> bool:
+    """``BackboneFamily.signature``: a ResNet stem ``conv1.weight`` and ``layer1.*`` blocks."""
+    return "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys)
+
+
+register_family(
+    BackboneFamily(
+        name=FAMILY,
+        build=build_resnet,
+        signature=looks_like_resnet,
+        key_hint="'conv1.weight' and 'layer1.*'",
+        torch_format=FORMAT_TORCHVISION_RESNET,
+        head_keys=("fc.weight", "fc.bias"),  # torchvision's / Paddle's ImageNet classifier
+        rename=None,  # torchvision names = Paddle names (BatchNorm statistics aside)
+        block_pattern=r"layer(?P<stage>[1-4])\.\d+\.",
+        mixer_slot="conv2",
+    ),
+    RESNET_MODELS,
+)

@@ -5,11 +5,13 @@
   and without executing anything from the file, then converted);
 - an http(s) URL, downloaded once into the weights cache (``$CSRA_WEIGHTS_HOME`` or Paddle's
   ``~/.cache/paddle/hapi/weights``) and md5-checked when the md5 is known;
-- ``imagenet``: Paddle's official ImageNet weights for the model's ResNet depth.
+- a weights tag of the model's spec, e.g. ``imagenet``: the URL + md5 that the model's
+  ``ModelSpec.weights`` carries (Paddle's official ImageNet ResNets for resnet18..152).
 The checkpoint must fit the model exactly, except that a backbone-only (ImageNet) source
 may lack the classifier and, when it holds no attention-block tensor at all, the model's
 attention blocks (they keep their initialisation; the 3x3 conv weights a mixer replaces are
-dropped). Anything else is a UserError naming the first bad keys.
+dropped) and the family's ImageNet classifier (``BackboneFamily.head_keys``, ResNet's ``fc.*``)
+is dropped. Anything else is a UserError naming the first bad keys.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import paddle
 from paddle import nn
 
 from models.convert import CLASSIFIER_PREFIX, attention_state_keys, convert_torch_state
+from models.family import FAMILIES, MODELS, WeightsSource, family_of, load_families
 from models.state_check import diff_state
 from utils.errors import UserError
 from utils.logger import get_logger
@@ -30,15 +33,7 @@ from utils.logger import get_logger
 log = get_logger("weights")
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-# Paddle's official ImageNet ResNets (the URLs and md5 sums of paddle.vision.models).
-IMAGENET_WEIGHTS: dict[str, tuple[str, str]] = {
-    "resnet18": ("https://paddle-hapi.bj.bcebos.com/models/resnet18.pdparams", "cf548f46534aa3560945be4b95cd11c4"),
-    "resnet34": ("https://paddle-hapi.bj.bcebos.com/models/resnet34.pdparams", "8d2275cf8706028345f78ac0e1d31969"),
-    "resnet50": ("https://paddle-hapi.bj.bcebos.com/models/resnet50.pdparams", "ca6f485ee1ab0492d38f323885b0ad80"),
-    "resnet101": ("https://paddle-hapi.bj.bcebos.com/models/resnet101.pdparams", "02f35f034ca3858e1e54d4036443c92d"),
-    "resnet152": ("https://paddle-hapi.bj.bcebos.com/models/resnet152.pdparams", "7ad16a2f1e7333859ff986138630fd7a"),
-}
-_IMAGENET_FC = ("fc.weight", "fc.bias")
+IMAGENET = "imagenet"  # the weights tag every family is expected to offer
 
 
 @dataclass
@@ -78,21 +73,29 @@ def download_weights(url: str, md5: str | None = None) -> Path:
     return Path(path)
 
 
+def known_weights(model_name: str) -> dict[str, WeightsSource]:
+    """The weights tags of a registered model (its ``ModelSpec.weights``); {} for an unknown name."""
+    load_families()
+    return dict(MODELS.get(model_name).weights) if model_name and model_name in MODELS else {}
+
+
 def resolve_weights(spec: str, model_name: str) -> Path:
     """Turn a ``--pretrained`` value into a local file.
 
     Args:
-        spec: a path, an http(s) URL, or ``imagenet``.
-        model_name: the registered model name (chooses the ImageNet weights).
+        spec: a path, an http(s) URL, or a weights tag of the model's spec (``imagenet``).
+        model_name: the registered model name (its spec's ``weights`` give the tags' URL + md5).
     Returns:
         the local path of the weights file. A folder (e.g. a training run's save_dir) is a
         UserError listing the checkpoint files in it, never a guess among them.
     """
-    if spec.lower() == "imagenet":
-        if model_name not in IMAGENET_WEIGHTS:
-            raise UserError(f"no ImageNet weights are known for '{model_name}'; pass a weights file instead")
-        url, md5 = IMAGENET_WEIGHTS[model_name]
-        return download_weights(url, md5)
+    tags = known_weights(model_name)
+    tag = spec.lower()
+    if tag in tags:
+        return download_weights(tags[tag].url, tags[tag].md5)
+    if tag == IMAGENET:
+        raise UserError(f"--pretrained imagenet: no ImageNet weights are known for the model '{model_name}' "
+                        f"(its spec lists {', '.join(tags) or 'none'}); pass a weights file or URL instead")
     if spec.startswith(("http://", "https://")):
         return download_weights(spec)
     path = Path(spec).expanduser()
@@ -140,7 +143,9 @@ def load_state(model: nn.Layer, state: Mapping[str, Any], source: str, allow_mis
     report = LoadReport(source=source)
     target = model.state_dict()
     state = dict(state)
-    for key in _IMAGENET_FC:
+    family = family_of(model)
+    head_keys = family.head_keys if family else tuple(k for name in FAMILIES.names() for k in FAMILIES.get(name).head_keys)
+    for key in head_keys:  # the family's ImageNet classifier (ResNet: fc.weight, fc.bias)
         if key in state and key not in target:
             state.pop(key)
             report.dropped.append(key)

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one thread each (and in the scripts
+    # they start), instead of two OpenMP teams per core spinning against each other.
+    os.environ["OMP_NUM_THREADS"] = "1"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 

@@ -1,12 +1,13 @@
-"""Convert a PyTorch ResNet / CSRA checkpoint (.pth) into Paddle weights (.pdparams).
+"""Convert a PyTorch backbone / CSRA checkpoint (.pth) into Paddle weights (.pdparams).
 
 Reads PyTorch's zip checkpoint format without torch and without executing anything from
-the file; detects the format from the keys (torchvision ImageNet ResNet, reference CSRA,
-the channel-attention ResNets ``layerX.Y.rclb.*``, the PRM ResNets ``layerX.Y.prm.*`` or the
-AT-kernel mmcls backbone ``backbone.*``; optionally ``module.``-prefixed); builds the target
-model from the model flags and checks every tensor's shape against it. Without
-``--attention``, the attention block (and its stages; GE's input size) is taken from the
-checkpoint's keys.
+the file; detects the format from the keys with the registries (``models.convert``): a
+registered backbone family (torchvision ImageNet ResNet), the reference CSRA checkpoints, or
+an attention block's reference checkpoints (the channel-attention ResNets
+``layerX.Y.rclb.*``, the PRM ResNets ``layerX.Y.prm.*``, the AT-kernel mmcls backbone
+``backbone.*``); optionally ``module.``-prefixed. It builds the target model from the model
+flags and checks every tensor's shape against it. Without ``--attention``, the attention
+block (and its stages; GE's input size) is taken from the checkpoint's keys.
 
     python tools/convert_torch_weights.py --src resnet101-63fe2227.pth --dst r101.pdparams --model resnet101
     python tools/convert_torch_weights.py --src voc_csra.pth --dst voc.pdparams --model resnet101 --num_heads 1 --lam 0.1 --num_cls 20
@@ -20,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli.args import add_model_args, model_kwargs  # noqa: E402
+from cli.args import add_model_args, model_fields  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, type=Path, help="PyTorch checkpoint (.pth, zip format of torch >= 1.6)")
     parser.add_argument("--dst", required=True, type=Path, help="output Paddle weights (.pdparams)")
-    add_model_args(parser, num_cls_default=20)
+    add_model_args(parser, num_cls_default=20, defaults_from=None)
     return parser
 
 
@@ -51,10 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     source = extract_state_dict(load_pth(args.src))
     implied = infer_attention(source) if args.attention is None else {}
     img_size = implied.pop("img_size", None)
-    for key, value in implied.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    model = build_model(**model_kwargs(args), img_size=img_size)
+    fields = model_fields({**implied, **{k: v for k, v in vars(args).items() if v is not None}})  # flags win
+    model = build_model(fields["model"], args.num_cls, fields["num_heads"], fields["lam"], attention=fields["attention"],
+                        attention_stages=fields["attention_stages"], img_size=img_size)
     conv = convert_torch_state(source, model)
     load_state(model, conv.state, str(args.src))  # proves the result loads
     atomic_paddle_save({k: np.asarray(v) for k, v in conv.state.items()}, args.dst)

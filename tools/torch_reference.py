@@ -1,7 +1,7 @@
 """PyTorch side of the equivalence check (needs torch; not imported by the project).
 
 A plain PyTorch re-statement of the reference model (torchvision-layout ResNet + CSRA heads
-as specified in ../shared/spec/csra.md), random weights with non-trivial BN statistics.
+as the reference code builds it), random weights with non-trivial BN statistics.
 Writes ``ckpt.pth`` (torch.save, zip format), ``input.npy`` and ``logits.npy`` into --out.
 
     /path/to/torch/python tools/torch_reference.py --model resnet50 --num_heads 4 --lam 0.5 --num_cls 20 --out /tmp/ref

@@ -120,33 +120,6 @@ def write_json_list(path: str | os.PathLike[str], entries: Sequence[dict[str, An
     return p
 
 
-def load_split(path: str | os.PathLike[str],
-               num_classes: int | None = None) -> list[dict[str, Any]]:
-    """Read a prepared split and check that it follows the dataset JSON contract.
-
-    Args:
-        path: a file written by one of the ``prepare_*`` scripts.
-        num_classes: if given, every ``target`` must have this length.
-    Returns:
-        the list of entries (each with ``target`` and ``img_path``, maybe ``bbox``).
-    Raises:
-        UserError: if the file is not a list of such entries.
-    """
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of {{'target', 'img_path'}} entries; "
-                        "re-run the matching prepare_* script")
-    for i, entry in enumerate(data):
-        if not (isinstance(entry, dict) and isinstance(entry.get("target"), list)
-                and isinstance(entry.get("img_path"), str)):
-            raise UserError(f"{path}: entry {i} lacks a 'target' list or an 'img_path' string; "
-                            "re-run the matching prepare_* script")
-        if num_classes is not None and len(entry["target"]) != num_classes:
-            raise UserError(f"{path}: entry {i} has {len(entry['target'])} labels but "
-                            f"{num_classes} classes were expected; check --classes / classes.txt")
-    return data
-
-
 def format_img_path(path: str | os.PathLike[str], absolute: bool) -> str:
     """Turn an image path into the string stored in a split.
 

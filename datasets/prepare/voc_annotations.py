@@ -1,6 +1,6 @@
 """Reading PASCAL VOC-style annotations and turning them into label vectors.
 
-Label encoding (one value per class, see the project spec, section 3):
+Label encoding (one value per class, as the reference's JSON splits):
 
 * start at -1 (absent);
 * 1 if the image has at least one non-difficult object of the class;

@@ -4,20 +4,26 @@
 (``recalibrator``: on the residual branch after the last BN, before the add; ``mixer``:
 replaces a bottleneck's 3x3 conv), its default stages and (recalibrators) the attribute
 name it is stored under in a residual block, which is the key prefix of the original
-checkpoints. Adding a block = one class (subclass of ``Recalibrator`` or ``Mixer``) plus one
-``_register`` line below; ``build_model`` only talks to the registry.
+checkpoints, and its checkpoint key signature (``CheckpointKeys``: the format name of its
+reference checkpoints, the keys that identify it, optional img_size / rewrite hooks).
+Adding a block = one class (subclass of ``Recalibrator`` or ``Mixer``) plus one ``_register``
+entry below (and its name in ``models.spec.ATTENTION_NAMES``, the Paddle-free list for
+``--help``); ``build_model`` and ``models.convert`` only talk to the registry.
 
-| name | kind | default stages | key | origin |
-| --- | --- | --- | --- | --- |
-| se | recalibrator | 1-4 | rclb | squeeze-and-excitation |
-| srm | recalibrator | 1-4 | rclb | style-based recalibration (no weight decay) |
-| ge | recalibrator | 1-4 | rclb | gather-excite, global depthwise kernel sized from img_size |
-| ab (meanrew) | recalibrator | 1-4 | rclb | attention bias, identity at init |
-| multise | recalibrator | 1-4 | rclb | multi-style SE (3 branches) |
-| eca | recalibrator | 1-4 | rclb | efficient channel attention |
-| prm | recalibrator | 1-4 | prm | position-aware recalibration |
-| at | mixer | 4 | conv2 | AT kernel |
-| emod | mixer | 3, 4 | conv2 | EfficientMod modulation |
+| name | kind | default stages | key | identified by | origin |
+| --- | --- | --- | --- | --- | --- |
+| se | recalibrator | 1-4 | rclb | ``fc.0.weight`` 2-D (torch Linear) | squeeze-and-excitation |
+| srm | recalibrator | 1-4 | rclb | ``cfc`` [C, 2] | style-based recalibration (no weight decay) |
+| ge | recalibrator | 1-4 | rclb | ``conv.0.weight`` (kernel -> img_size) | gather-excite, global depthwise kernel sized from img_size |
+| ab (meanrew) | recalibrator | 1-4 | rclb | ``cfc`` [C] | attention bias, identity at init |
+| multise | recalibrator | 1-4 | rclb | ``style_assigner``, ``fc1`` (multise3), 4-D ``fc.0.weight`` | multi-style SE (3 branches) |
+| eca | recalibrator | 1-4 | rclb | ``conv.weight`` | efficient channel attention |
+| prm | recalibrator | 1-4 | prm | anything under ``prm.`` | position-aware recalibration |
+| at | mixer | 4 | conv2 | ``emb_K.*`` (owns ``emb_K``, ``emb_V``, ``MLP``) | AT kernel |
+| emod | mixer | 3, 4 | conv2 | ``context_layer.*`` (owns ``fc1``, ``fc2``, ``context_layer``) | EfficientMod modulation |
+
+The first six come as ``channel-attention`` checkpoints, ``prm`` as ``prm-resnet``, ``at`` as
+``at-kernel-mmcls``; these format names are what ``models.convert.detect_format`` reports.
 """
 from __future__ import annotations
 
@@ -33,20 +39,31 @@ from models.attention.base import (
     AttentionBlock,
     AttentionSpec,
     BlockContext,
+    CheckpointKeys,
+    KeyRule,
     Mixer,
     Recalibrator,
     stage_resolution,
 )
-from models.attention.channel import ABLayer, ECALayer, GELayer, MultiSELayer, SELayer, SRMLayer
+from models.attention.channel import (
+    ABLayer,
+    ECALayer,
+    GELayer,
+    MultiSELayer,
+    SELayer,
+    SRMLayer,
+    ge_img_size,
+    rewrite_multise3,
+)
 from models.attention.emod import EfficientModMixer
 from models.attention.prm import PRMLayer
 from models.registry import Registry
-from utils.errors import UserError
+from models.spec import parse_stages
 
 __all__ = [
-    "ATTENTIONS", "AttentionBlock", "AttentionSpec", "BlockContext", "Mixer", "Recalibrator", "MIXER", "RECALIBRATOR",
-    "attention_factories", "attention_blocks", "get_attention", "parse_stages", "resolve_stages", "stage_resolution",
-    "validate_attention",
+    "ATTENTIONS", "AttentionBlock", "AttentionSpec", "BlockContext", "CheckpointKeys", "KeyRule", "Mixer", "Recalibrator",
+    "MIXER", "RECALIBRATOR", "attention_factories", "attention_blocks", "get_attention", "parse_stages", "resolve_stages",
+    "stage_resolution", "validate_attention",
 ]
 
 ATTENTIONS: Registry[AttentionSpec] = Registry("attention block")
@@ -56,16 +73,35 @@ def _register(spec: AttentionSpec, aliases: tuple[str, ...] = ()) -> None:
     ATTENTIONS.register(spec.name, aliases)(spec)
 
 
-# name, class, kind, default stages, checkpoint key (recalibrators) -- one line per block.
-_register(AttentionSpec("se", SELayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="squeeze-and-excitation"))
-_register(AttentionSpec("srm", SRMLayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="style-based recalibration"))
-_register(AttentionSpec("ge", GELayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="gather-excite (global depthwise conv)"))
-_register(AttentionSpec("ab", ABLayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="attention bias"), aliases=("meanrew",))
-_register(AttentionSpec("multise", MultiSELayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="multi-style SE"))
-_register(AttentionSpec("eca", ECALayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="efficient channel attention"))
-_register(AttentionSpec("prm", PRMLayer, RECALIBRATOR, ALL_STAGES, "prm", summary="position-aware recalibration"))
-_register(AttentionSpec("at", ATKernel, MIXER, (4,), bottleneck_only=True, summary="AT kernel"))
-_register(AttentionSpec("emod", EfficientModMixer, MIXER, (3, 4), bottleneck_only=True, summary="EfficientMod modulation"))
+CHANNEL_ATTENTION = "channel-attention"  # SanderKlomp/channel-attention ResNets: layerX.Y.rclb.*
+
+
+def _keys(source_format: str | None, *rules: str | tuple[str, int], **hooks: Any) -> CheckpointKeys:
+    """``CheckpointKeys`` from compact rules: a leaf regex, or (leaf regex, tensor rank)."""
+    parsed = tuple(KeyRule(r) if isinstance(r, str) else KeyRule(*r) for r in rules)
+    return CheckpointKeys(source_format, parsed, **hooks)
+
+
+# name, class, kind, default stages, checkpoint key (recalibrators), checkpoint signature -- one entry per block.
+_register(AttentionSpec("se", SELayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="squeeze-and-excitation",
+                        checkpoint=_keys(CHANNEL_ATTENTION, (r"fc\.0\.weight", 2))))
+_register(AttentionSpec("srm", SRMLayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="style-based recalibration",
+                        checkpoint=_keys(CHANNEL_ATTENTION, ("cfc", 2))))
+_register(AttentionSpec("ge", GELayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="gather-excite (global depthwise conv)",
+                        checkpoint=_keys(CHANNEL_ATTENTION, r"conv\.0\.weight", img_size=ge_img_size)))
+_register(AttentionSpec("ab", ABLayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="attention bias",
+                        checkpoint=_keys(CHANNEL_ATTENTION, ("cfc", 1))), aliases=("meanrew",))
+_register(AttentionSpec("multise", MultiSELayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="multi-style SE",
+                        checkpoint=_keys(CHANNEL_ATTENTION, r"(fc1|style_assigner)\..*", (r"fc\.0\.weight", 4),
+                                         rewrite=rewrite_multise3)))
+_register(AttentionSpec("eca", ECALayer, RECALIBRATOR, ALL_STAGES, "rclb", summary="efficient channel attention",
+                        checkpoint=_keys(CHANNEL_ATTENTION, r"conv\.weight")))
+_register(AttentionSpec("prm", PRMLayer, RECALIBRATOR, ALL_STAGES, "prm", summary="position-aware recalibration",
+                        checkpoint=_keys("prm-resnet", ".*")))  # 13952522076/PRM ResNets: layerX.Y.prm.*
+_register(AttentionSpec("at", ATKernel, MIXER, (4,), summary="AT kernel",  # mmcls backbone: backbone.layerX.Y.conv2.*
+                        checkpoint=_keys("at-kernel-mmcls", r"emb_K\..*", owns=("emb_K.", "emb_V.", "MLP."))))
+_register(AttentionSpec("emod", EfficientModMixer, MIXER, (3, 4), summary="EfficientMod modulation",
+                        checkpoint=_keys(None, r"context_layer\..*", owns=("fc1.", "fc2.", "context_layer."))))
 
 
 def validate_attention(name: str | None) -> str | None:
@@ -80,45 +116,11 @@ def get_attention(name: str) -> AttentionSpec:
     return ATTENTIONS.get(name)
 
 
-def parse_stages(value: Any) -> tuple[int, ...] | None:
-    """Stages as a sorted tuple of distinct ints in 1..4.
-
-    Accepts None (-> None), an int, a sequence of ints, or a string such as ``"3,4"``
-    (commas and/or spaces). UserError for anything else.
-    """
-    if value is None:
-        return None
-    items: Iterable[Any]
-    if isinstance(value, str):
-        items = [p for p in value.replace(",", " ").split()]
-    elif isinstance(value, int) and not isinstance(value, bool):
-        items = [value]
-    elif isinstance(value, (list, tuple)):
-        items = value
-    else:
-        raise UserError(f"attention stages must be ints 1..4 such as '3,4', got {value!r}")
-    stages = []
-    for item in items:
-        try:
-            if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
-                raise ValueError
-            stage = int(item)
-        except (TypeError, ValueError):
-            raise UserError(f"attention stages must be ints 1..4 such as '3,4', got {value!r}") from None
-        if stage not in ALL_STAGES:
-            raise UserError(f"attention stage {stage} does not exist: a ResNet has stages 1, 2, 3 and 4")
-        if stage in stages:
-            raise UserError(f"attention stage {stage} is given twice in {value!r}")
-        stages.append(stage)
-    if not stages:
-        raise UserError("attention stages: give at least one of 1, 2, 3, 4 (or leave them unset for the block's default)")
-    return tuple(sorted(stages))
-
-
-def resolve_stages(name: str, stages: Any = None) -> tuple[int, ...]:
-    """The stages ``name`` goes into: ``stages`` when given, else the block's default."""
+def resolve_stages(name: str, stages: Any = None) -> list[int]:
+    """The stages block ``name`` goes into: ``stages`` parsed by ``parse_stages`` (the one stages
+    parser, from ``models.spec``) when given, else the block's default; a sorted list of ints."""
     parsed = parse_stages(stages)
-    return parsed if parsed is not None else get_attention(name).default_stages
+    return parsed if parsed is not None else list(get_attention(name).default_stages)
 
 
 def attention_factories(name: str, stages: Iterable[int], img_size: int) -> dict[str, Callable[..., nn.Layer | None]]:

@@ -9,20 +9,25 @@ Two kinds of blocks plug into a ResNet residual block (see ``models.resnet``):
 - a *mixer* replaces a bottleneck's 3x3 ``conv2`` (keeping that name).
 
 ``BlockContext`` tells a block where it sits (channels, stride, stage, configured input
-size); ``AttentionSpec`` is one registry entry.
+size); ``AttentionSpec`` is one registry entry, and its ``CheckpointKeys`` say how the block's
+tensors look in checkpoints, so that ``models.convert`` can recognise, name and convert them
+without knowing any block.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import paddle
 from paddle import nn
 
+from models.spec import ATTENTION_STAGES
 
 RECALIBRATOR = "recalibrator"
 MIXER = "mixer"
-ALL_STAGES = (1, 2, 3, 4)
+ALL_STAGES = ATTENTION_STAGES  # (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -95,15 +100,71 @@ class Mixer(AttentionBlock):
 
 
 @dataclass(frozen=True)
+class KeyRule:
+    """A checkpoint key that identifies a block: ``pattern`` is a regex matched in full against
+    the key's *leaf* (the part under the block's slot, e.g. ``fc.0.weight`` in
+    ``layer2.0.rclb.fc.0.weight``); ``ndim``, when given, is the tensor's required rank (it
+    tells apart blocks with the same names, e.g. SRM's ``cfc`` [C, 2] from AB's ``cfc`` [C])."""
+
+    pattern: str
+    ndim: int | None = None
+
+    def matches(self, leaf: str, shape: tuple[int, ...]) -> bool:
+        """Whether a tensor named ``leaf`` with ``shape`` satisfies the rule."""
+        return re.fullmatch(self.pattern, leaf) is not None and (self.ndim is None or len(shape) == self.ndim)
+
+
+@dataclass(frozen=True)
+class CheckpointKeys:
+    """An attention block's key signature in checkpoints (torch or Paddle names).
+
+    Keys are read relative to the block's *slot* in a residual block: a recalibrator's
+    ``checkpoint_key`` (``layer2.0.rclb.`` -> ``rclb``), a mixer's replaced layer (the family's
+    ``mixer_slot``, ``conv2`` in a ResNet bottleneck). The part after ``<slot>.`` is the *leaf*.
+
+    Attributes:
+        source_format: name of the format of the block's reference checkpoints
+            (``channel-attention``...), reported by ``detect_format``; None if there are none.
+        identify: rules; a key matching one names this block (``infer_attention``).
+        owns: leaf prefixes of all of the block's tensors (``""``: everything under the slot);
+            a checkpoint holding one has attention-block tensors.
+        img_size: optional ``(leaf, shape, stage) -> img_size | None``: the input side a tensor's
+            shape implies (GE's kernels).
+        rewrite: optional ``rewrite(state) -> note | None``: rewrites a variant of the block's
+            checkpoints in place (prefix-stripped torch names) before conversion, e.g. multise3.
+    """
+
+    source_format: str | None = None
+    identify: tuple[KeyRule, ...] = ()
+    owns: tuple[str, ...] = ("",)
+    img_size: Callable[[str, tuple[int, ...], int], int | None] | None = None
+    rewrite: Callable[[dict[str, Any]], str | None] | None = None
+
+    def owns_leaf(self, leaf: str) -> bool:
+        """Whether ``leaf`` (a key under the block's slot) is one of the block's tensors."""
+        return any(leaf.startswith(prefix) for prefix in self.owns)
+
+    def identifies(self, leaf: str, shape: tuple[int, ...]) -> bool:
+        """Whether the tensor ``leaf`` with ``shape`` names this block."""
+        return any(rule.matches(leaf, shape) for rule in self.identify)
+
+
+@dataclass(frozen=True)
 class AttentionSpec:
-    """One registry entry: the block class, its kind, default stages and checkpoint key."""
+    """One registry entry: the block class, its kind, default stages, checkpoint slot and key signature.
+
+    ``checkpoint_key`` (recalibrators only) is the attribute name of the block inside a
+    residual block, i.e. its slot in the state dict; a mixer takes the name of the layer it
+    replaces. ``checkpoint`` describes the block's tensors in checkpoints (``CheckpointKeys``).
+    Which models can host the block is the model spec's business (``ModelSpec.attention_kinds``).
+    """
 
     name: str
     cls: type[AttentionBlock]
     kind: str
     default_stages: tuple[int, ...]
     checkpoint_key: str | None = None  # recalibrators only: attribute name inside the block
-    bottleneck_only: bool = False
+    checkpoint: CheckpointKeys = field(default_factory=CheckpointKeys)
     summary: str = ""
 
     def __post_init__(self) -> None:
@@ -112,8 +173,13 @@ class AttentionSpec:
         if self.kind == RECALIBRATOR and not self.checkpoint_key:
             raise ValueError(f"recalibrator '{self.name}' needs a checkpoint_key")
 
+    def slot(self, mixer_slot: str | None) -> str | None:
+        """The block's slot in a residual block: ``checkpoint_key``, or ``mixer_slot`` (the
+        family's replaced layer) for a mixer."""
+        return self.checkpoint_key if self.kind == RECALIBRATOR else mixer_slot
+
     def build(self, ctx: BlockContext) -> AttentionBlock:
-        """Instantiate the block for one residual block."""
+        """Instantiate the block for one residual block (``ctx``: where it sits); returns the layer."""
         layer = self.cls.create(ctx)
         if self.kind == RECALIBRATOR:
             layer.checkpoint_key = self.checkpoint_key

@@ -13,7 +13,9 @@ Every global mean over H, W is one global average pool (see ``global_mean``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -348,3 +350,44 @@ class ECALayer(MeanAffineRecalibrator):
     def flops(self, in_shape: list[int]) -> int:
         b, c, hw = _spatial(in_shape)
         return b * c * (2 * hw + 3)
+
+
+# ----------------------------------------------------------------------------- checkpoint hooks (CheckpointKeys)
+def ge_img_size(leaf: str, shape: tuple[int, ...], stage: int) -> int | None:
+    """The input side a GE tensor implies: ``conv.0.weight`` [C, 1, k, k] spans stage ``stage``'s
+    whole map, so ``img_size = k * 2**(stage + 1)`` (exact for sides that are multiples of 32).
+    Returns None for the block's other tensors."""
+    if leaf != "conv.0.weight" or not shape:
+        return None
+    return int(shape[-1]) * 2 ** (stage + 1)
+
+
+def merge_multise3(state: dict[str, Any]) -> list[str]:
+    """Rewrite ``multise3`` recalibrators (three SE MLPs ``fc1/fc2/fc3``) into ``multise`` in place.
+
+    Branch i's Linear layers become group i of the grouped 1x1 convs: ``fc.0.weight`` =
+    concat_i(fc{i}.0.weight) as [3C/16, C, 1, 1], ``fc.2.weight`` = concat_i(fc{i}.2.weight)
+    as [3C, C/16, 1, 1], biases concatenated; ``style_assigner`` is unchanged. This is exact:
+    group i of the grouped conv on y tiled three times computes branch i's MLP on y.
+    Args:
+        state: prefix-stripped torch key -> array; changed in place.
+    Returns:
+        the block prefixes rewritten (``layer1.0.rclb.``...).
+    """
+    prefixes = sorted({k[: -len("fc1.0.weight")] for k in state if k.endswith(".rclb.fc1.0.weight")})
+    for prefix in prefixes:
+        branches = [f"{prefix}fc{i}." for i in (1, 2, 3)]
+        for layer in ("0", "2"):
+            weights = [np.asarray(state.pop(f"{b}{layer}.weight")) for b in branches]
+            biases = [np.asarray(state.pop(f"{b}{layer}.bias")) for b in branches]
+            state[f"{prefix}fc.{layer}.weight"] = np.concatenate(weights, axis=0)[:, :, None, None]
+            state[f"{prefix}fc.{layer}.bias"] = np.concatenate(biases, axis=0)
+    return prefixes
+
+
+def rewrite_multise3(state: dict[str, Any]) -> str | None:
+    """``CheckpointKeys.rewrite`` of ``multise``: ``merge_multise3``; returns a note, or None if nothing changed."""
+    merged = merge_multise3(state)
+    if not merged:
+        return None
+    return f"multise3: {len(merged)} block(s) of three SE MLPs merged into multise's grouped convs (exact)"

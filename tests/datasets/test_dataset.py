@@ -4,19 +4,22 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import paddle
 import pytest
 from PIL import Image
 
-from datasets.dataset import (MultiLabelDataset, SeededBatchSampler, load_annotations,
-                              load_classes, make_loader, set_loader_epoch)
+from datasets.classes import read_class_file
+from datasets.config import DATASETS
+from datasets.dataset import MultiLabelDataset
 from datasets.image_io import list_images, load_rgb
+from datasets.loader import make_loader, set_loader_epoch
+from datasets.samplers import SeededBatchSampler
+from datasets.splits import read_split
 from datasets.transforms import (DEFAULT_MEAN, DEFAULT_STD, TestTransform, TrainTransform,
                                  WIDER_MEAN, WIDER_STD, crop_bbox, preprocess,
-                                 preprocess_batch, random_resized_crop_box,
-                                 wider_test_transform, wider_train_transform)
+                                 random_resized_crop_box)
 from utils.errors import UserError
 
 
@@ -129,10 +132,6 @@ def test_preprocess_is_pil_bilinear_resize_then_scale() -> None:
     x = preprocess(img, 24)
     ref = np.asarray(img.resize((24, 24), Image.Resampling.BILINEAR), np.float32) / 255
     np.testing.assert_array_equal(x, ref.transpose(2, 0, 1))
-    batch = preprocess_batch([img, _gradient(20, 30)], 24, WIDER_MEAN, WIDER_STD)
-    assert batch.shape == (2, 3, 24, 24) and batch.dtype == np.float32
-    np.testing.assert_array_equal(batch[0], preprocess(img, 24, WIDER_MEAN, WIDER_STD))
-    assert preprocess_batch([], 24).shape == (0, 3, 24, 24)
     np.testing.assert_array_equal(TestTransform(24)(img), x)
     # a non-RGB input is converted with the same rules as load_rgb
     np.testing.assert_array_equal(preprocess(img.convert("L"), 8),
@@ -169,13 +168,14 @@ def test_train_transform_flip_only_and_wider() -> None:
     t = TrainTransform(16, flip_prob=1.0, random_crop=False)
     mirrored = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     np.testing.assert_array_equal(t(img), preprocess(mirrored, 16))
-    w = wider_train_transform(16, seed=0)
+    w = DATASETS["wider"].train_transform(16)  # the WIDER recipe: flip + resize, mean = std = 0.5
     assert not w.random_crop and w.mean == WIDER_MEAN and w.std == WIDER_STD
-    outs = {wider_train_transform(16, seed=s)(img).tobytes() for s in range(12)}
+    outs = {w(img, rng=np.random.default_rng(s)).tobytes() for s in range(12)}
     assert outs == {preprocess(img, 16, WIDER_MEAN, WIDER_STD).tobytes(),
                     preprocess(mirrored, 16, WIDER_MEAN, WIDER_STD).tobytes()}
-    np.testing.assert_array_equal(wider_test_transform(16)(img),
+    np.testing.assert_array_equal(DATASETS["wider"].test_transform(16)(img),
                                   preprocess(img, 16, WIDER_MEAN, WIDER_STD))
+    assert all(DATASETS[name].train_transform(16).random_crop for name in DATASETS if name != "wider")
 
 
 def test_train_transform_flips_about_half_the_time() -> None:
@@ -242,7 +242,7 @@ def split(tmp_path: Path) -> Path:
         Image.fromarray(arr).save(path)
         entries.append({"target": target, "img_path": str(path)})
     (tmp_path / "split.json").write_text(json.dumps(entries))
-    (tmp_path / "classes.txt").write_text("cat\ndog\n\nbird\n")
+    (tmp_path / "classes.txt").write_text("cat\ndog\n# a comment line\nbird\n\n")
     return tmp_path / "split.json"
 
 
@@ -296,7 +296,7 @@ def test_dataset_bbox_entries_are_cropped(tmp_path: Path) -> None:
     entries = [{"target": [1, 0, 99], "img_path": str(tmp_path / "person.png"),
                 "bbox": [20, 10, 30, 20]}]
     (tmp_path / "wider.json").write_text(json.dumps(entries))
-    x, y = MultiLabelDataset(tmp_path / "wider.json", wider_test_transform(8))[0]
+    x, y = MultiLabelDataset(tmp_path / "wider.json", DATASETS["wider"].test_transform(8))[0]
     np.testing.assert_allclose(x[1], 1.0)   # (1 - 0.5) / 0.5: all green inside the box
     np.testing.assert_allclose(x[0], -1.0)
     assert y.tolist() == [1, 0, 99]
@@ -337,20 +337,20 @@ def test_bad_json_names_file_and_entry(tmp_path: Path, case: str) -> None:
 def test_bad_json_syntax_and_class_mismatch(tmp_path: Path, split: Path) -> None:
     (tmp_path / "broken.json").write_text('[{"target": [1], "img_path": "a.jpg"},')
     with pytest.raises(UserError, match=r"broken\.json.*not valid JSON.*line 1"):
-        load_annotations(tmp_path / "broken.json")
+        read_split(tmp_path / "broken.json")
     with pytest.raises(UserError, match="not found"):
-        load_annotations(tmp_path / "missing.json")
+        read_split(tmp_path / "missing.json")
     with pytest.raises(UserError, match=r"split\.json: entry 0: 'target' has 3 values.*4 classes"):
         MultiLabelDataset(split, TestTransform(8), classes=["a", "b", "c", "d"])
     (tmp_path / "dup.txt").write_text("a\nb\na\n")
-    with pytest.raises(UserError, match=r"dup\.txt.*'a' twice"):
-        load_classes(tmp_path / "dup.txt")
+    with pytest.raises(UserError, match=r"dup\.txt, line 3: class 'a'"):
+        read_class_file(tmp_path / "dup.txt")
     with pytest.raises(UserError, match="unique"):
         MultiLabelDataset(split, TestTransform(8), classes=["a", "a", "b"])
 
 
 # --------------------------------------------------------------------------- loading
-def _batches(loader: paddle.io.DataLoader) -> list[tuple[np.ndarray, np.ndarray]]:
+def _batches(loader: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(x.numpy(), y.numpy()) for x, y in loader]
 
 

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from datasets.classes import (BUILTIN_CLASSES, COCO_CLASSES, VOC_CLASSES, WIDER_ATTRIBUTES,
-                              load_classes, read_class_file, write_class_file)
+                              read_class_file, write_class_file)
 from datasets.prepare.coco import prepare_coco
 from datasets.prepare.custom import prepare_custom_csv, prepare_custom_voc, split_indices
 from datasets.prepare.voc import prepare_voc
@@ -124,15 +124,6 @@ def test_class_file_round_trip_and_errors(tmp_path: Path) -> None:
         assert name in str(err.value)
     with pytest.raises(UserError, match="missing.txt"):
         read_class_file(tmp_path / "missing.txt")
-
-
-def test_load_classes(tmp_path: Path) -> None:
-    assert load_classes("voc07") == list(VOC_CLASSES)
-    write_class_file(tmp_path / "c.txt", ["a", "b"])
-    assert load_classes("voc07", tmp_path / "c.txt") == ["a", "b"]
-    assert load_classes("mydata", tmp_path / "c.txt") == ["a", "b"]
-    with pytest.raises(UserError, match="--classes"):
-        load_classes("mydata", None)
 
 
 # --------------------------------------------------------------------------- VOC 2007 layout, full annotations

@@ -502,14 +502,17 @@ def test_attention_export_round_trip(attention_run, tmp_path) -> None:
 
 
 def test_attention_stages_inherited_only_with_the_runs_attention() -> None:
-    from cli.args import fill_model_defaults
+    from cli.args import model_fields
 
     run = {"model": "resnet50", "num_heads": 4, "img_size": 224, **ATTENTION_RUN}
 
     def filled(**given) -> argparse.Namespace:
         args = argparse.Namespace(model=None, num_heads=None, lam=None, attention=None, attention_stages=None, img_size=None)
         vars(args).update(given)
-        return fill_model_defaults(args, dict(run))
+        before = dict(vars(args))
+        fields = model_fields(vars(args), dict(run))
+        assert vars(args) == before  # resolved into a new dict, the parsed flags stay as given
+        return argparse.Namespace(**fields)
 
     args = filled()
     assert (args.model, args.num_heads, args.lam, args.img_size) == ("resnet50", 4, 0.1, 224)
@@ -519,3 +522,22 @@ def test_attention_stages_inherited_only_with_the_runs_attention() -> None:
     assert filled(attention="none").attention_stages is None  # no block: no stages
     assert filled(attention="se", attention_stages=[2]).attention_stages == [2]  # explicit stages always win
     assert filled(attention_stages=[4]).attention_stages == [4]
+
+
+NOISE = ("No ccache found", "OMP_NUM_THREADS", "not support input out tensor", "ReduceMeanCheckIfOneDNNSupport",
+         "Skip loading for", "UserWarning")
+
+
+def test_export_and_infer_print_no_known_paddle_noise(runs, images, tmp_path) -> None:
+    """Paddle's start-up notices, the PIR glog line of jit.save and the oneDNN diagnostic are silenced (utils.quiet)."""
+    save = tmp_path / "quiet"
+    exported = run_script("export_model.py", "--model_path", str(runs[1]["weights"]), "--save_dir", str(save),
+                          env={"OMP_NUM_THREADS": "2"})
+    ok(exported)
+    inferred = run_script("infer.py", "--model_dir", str(save), "--input_file", str(images), "--num_workers", "0",
+                          "--enable_mkldnn", "True", env={"OMP_NUM_THREADS": "2"})
+    ok(inferred)
+    for result in (exported, inferred):
+        for noise in NOISE:
+            assert noise not in result.stderr and noise not in result.stdout, (noise, result.stderr[-2000:])
+    assert all(" prediction: " in line for line in inferred.stdout.splitlines())

@@ -35,7 +35,7 @@ def bash(script: str, **env: str) -> subprocess.CompletedProcess:
 
 def tipc(*args: str, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
     """Run test_tipc/<args[0]> with bash; the venv's Python and 2 threads."""
-    full_env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": str(os.cpu_count() or 2), **env}
+    full_env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 2)), **env}
     return subprocess.run(
         ["bash", str(TIPC / args[0]), *args[1:]], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=timeout, env=full_env,

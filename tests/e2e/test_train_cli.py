@@ -1,4 +1,4 @@
-"""train.py end to end on tiny demo data: files, resume equality, SIGINT/SIGTERM, NaN stop, launch."""
+"""train.py end to end on tiny demo data: files, resume equality and settings, SIGINT/SIGTERM, NaN stop, launch."""
 from __future__ import annotations
 
 import json
@@ -79,10 +79,30 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(two_epochs, tiny_demo, t
     assert_same_weights(save / "last.pdparams", two_epochs[0] / "last.pdparams")
 
 
+# Run train.py with a patch applied first (argv: train.py's flags).
+_WRAPPER = """
+import runpy, sys
+sys.argv = ["train.py", *sys.argv[1:]]
+{patch}
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+# The loss of the second step of this process becomes NaN (a divergence in the resumed epoch).
+_NAN_AT_SECOND_STEP = """
+import paddle.nn.functional as F
+real_bce, calls = F.binary_cross_entropy_with_logits, []
+def bce(*args, **kwargs):
+    calls.append(1)
+    loss = real_bce(*args, **kwargs)
+    return loss * float("nan") if len(calls) == 2 else loss
+F.binary_cross_entropy_with_logits = bce
+"""
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_demo, tmp_path: Path) -> None:
     save = tmp_path / "nan"
     assert run_script(*train_flags(tiny_demo, save, 1)).returncode == 0
-    result = run_script(*train_flags(tiny_demo, save, 6, "--lr", "1e12"), "--resume", str(save))
+    result = run_script("-c", _WRAPPER.format(patch=_NAN_AT_SECOND_STEP), "--resume", str(save), "--total_epoch", "6")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     match = re.search(r"error: (loss became (nan|inf)|weights became NaN/Inf) (at|during) epoch (\d+)", result.stderr)
@@ -163,13 +183,80 @@ def test_attention_run_trains_and_predicts_from_its_config(tiny_demo, tmp_path: 
 def test_lr_step_flag_sets_the_decay_interval(tiny_demo, tmp_path, extra, step) -> None:
     """--lr_step overrides the dataset's decay interval (demo: 4 epochs)."""
     import train
+    from cli.settings import resolve_train
     from engine.trainer import Trainer
 
-    args = train.build_parser().parse_args(train_flags(tiny_demo, tmp_path / "run", 2, *extra)[1:])
-    trainer = Trainer(args)
-    assert trainer.scheduler.step_epochs == step
-    second_epoch = trainer.scheduler.iters_per_epoch
-    assert trainer.scheduler.lr_at(second_epoch) == pytest.approx(0.01 * (0.1 if step == 1 else 1.0))
+    config = resolve_train(train.build_parser().parse_args(train_flags(tiny_demo, tmp_path / "run", 2, *extra)[1:]))
+    assert config.lr_step == step
+    trainer = Trainer.from_config(config)
+    try:
+        assert trainer.scheduler.step_epochs == step
+        second_epoch = trainer.scheduler.iters_per_epoch
+        assert trainer.scheduler.lr_at(second_epoch) == pytest.approx(0.01 * (0.1 if step == 1 else 1.0))
+    finally:
+        trainer.close()
+
+
+RECIPE = ("--batch_size", "4", "--lr", "0.02", "--lr_step", "1")  # not train_flags' --batch_size 8 nor the defaults
+
+
+@pytest.fixture(scope="module")
+def recipe_runs(tiny_demo, tmp_path_factory) -> dict:
+    """An uninterrupted 2-epoch run with ``RECIPE``, and a 1-epoch run with it resumed by ``--resume DIR --total_epoch 2`` alone."""
+    root = tmp_path_factory.mktemp("recipe")
+    whole = run_script(*train_flags(tiny_demo, root / "whole", 2, *RECIPE))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    first = run_script(*train_flags(tiny_demo, root / "resumed", 1, *RECIPE))
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = run_script("train.py", "--resume", str(root / "resumed"), "--total_epoch", "2")
+    return {"whole": root / "whole", "resumed_dir": root / "resumed", "resumed": resumed}
+
+
+def test_resume_restores_every_setting_of_the_run(recipe_runs) -> None:
+    """The user's report: --resume DIR --total_epoch 4 trained at batch 16, the default LR and into output/train."""
+    result, save = recipe_runs["resumed"], recipe_runs["resumed_dir"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(save / "last.pdparams", recipe_runs["whole"] / "last.pdparams")
+    restored = re.search(r"resuming \S+ with the settings of config.json: (.*)$", result.stderr, re.M)
+    assert restored, result.stderr[-2000:]
+    for item in ("batch_size 4", "lr 0.02", "lr_step 1", "model resnet18", "img_size 64", "warmup_epoch 1.0", "dataset demo"):
+        assert item in restored.group(1), restored.group(1)
+    assert "changed on resume: total_epoch 1 -> 2" in result.stderr
+    assert re.search(r"^Epoch 2\[4/24\]: loss:", result.stdout, re.M)  # batches of 4 again, 6 per epoch
+    config = json.loads((save / "config.json").read_text())
+    assert (config["batch_size"], config["lr"], config["lr_step"], config["total_epoch"]) == (4, 0.02, 1, 2)
+    assert Path(config["save_dir"]) == save
+    rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["lr"] == pytest.approx(0.002)  # 0.02 decayed once (lr_step 1)
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (("--batch_size", "16"), ("--batch_size 16 was given but the run has --batch_size 4", "optimizer state")),
+    (("--lr", "1e12", "--lr_step", "4"), ("--lr 1000000000000.0 was given but the run has --lr 0.02",
+                                           "--lr_step 4 was given but the run has --lr_step 1")),
+    (("--model", "resnet34"), ("--model resnet34 was given but the run has --model resnet18", "weights belong to that model")),
+    (("--save_dir", "elsewhere"), ("--save_dir elsewhere with --resume", "continues in its own folder")),
+])
+def test_resume_refuses_changed_settings(recipe_runs, flags, needles) -> None:
+    save = recipe_runs["resumed_dir"]
+    before = (save / "last.manifest.json").read_text()
+    result = run_script("train.py", "--resume", str(save), "--total_epoch", "3", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert (save / "last.manifest.json").read_text() == before  # nothing trained or written
+
+
+def test_resume_takes_explicit_flags_equal_to_the_run_and_safe_overrides(recipe_runs, tmp_path: Path) -> None:
+    """Giving the run's own values again is fine; --print_freq/--eval_interval may change; the run ends at once."""
+    save = recipe_runs["resumed_dir"]
+    result = run_script("train.py", "--resume", str(save / "last.pdparams"), "--batch_size", "4", "--lr", "0.02",
+                        "--model", "ResNet18", "--print_freq", "0", "--eval_interval", "2", "--total_epoch", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "already trained 2 of 2 epochs: nothing to do" in result.stderr
+    assert "print_freq 1 -> 0" in result.stderr and "eval_interval 1 -> 2" in result.stderr
 
 
 def test_training_learns(tmp_path: Path) -> None:

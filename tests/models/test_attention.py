@@ -368,34 +368,16 @@ def test_defaults_and_config_round_trip_through_json() -> None:
     assert plain.config["attention"] is None and plain.config["attention_stages"] is None
 
 
-def test_cli_attention_stages_reach_build_model(tmp_path: Path) -> None:
-    import argparse
-
-    from cli.args import add_model_args, fill_model_defaults, model_kwargs, read_run_config
-
-    parser = argparse.ArgumentParser()
-    add_model_args(parser, num_cls_default=5)
-    args = parser.parse_args(["--model", "resnet50", "--attention", "at", "--attention_stages", "3,4"])
-    kwargs = model_kwargs(args)
-    assert kwargs["attention_stages"] == [3, 4]
-    config = build_model(**kwargs).config
-    (tmp_path / "config.json").write_text(json.dumps({**config, "img_size": 64}))
-    later = parser.parse_args([])  # e.g. val.py: everything from the run's config.json
-    fill_model_defaults(later, read_run_config(str(tmp_path / "best.pdparams")))
-    assert later.attention == "at" and later.attention_stages == [3, 4] and later.img_size == 64
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--attention_stages", "0,5"])
-
-
 @pytest.mark.parametrize("kwargs, message", [
     ({"attention": "nonsense"}, "unknown attention block 'nonsense'; choose one of: se, srm, ge, ab, multise, eca, prm, at, emod"),
-    ({"attention": "at"}, "needs resnet50/101/152; resnet18 has basic blocks"),
-    ({"attention": "emod"}, "needs resnet50/101/152"),
-    ({"attention": "se", "attention_stages": "0"}, "stage 0 does not exist"),
+    ({"attention": "at"}, "--attention at is a mixer (it replaces a block's 3x3 conv) and needs one of resnet50, resnet101, "
+                          "resnet152; --model resnet18 has basic blocks"),
+    ({"attention": "emod"}, "needs one of resnet50, resnet101, resnet152"),
+    ({"attention": "se", "attention_stages": "0"}, "--attention_stages '0': stage 0 does not exist"),
     ({"attention": "se", "attention_stages": [5]}, "stage 5 does not exist"),
-    ({"attention": "se", "attention_stages": "3,3"}, "given twice"),
-    ({"attention": "se", "attention_stages": "x"}, "must be ints 1..4"),
-    ({"attention": "se", "attention_stages": []}, "at least one"),
+    ({"attention": "se", "attention_stages": "3,3"}, "stage 3 is given twice"),
+    ({"attention": "se", "attention_stages": "x"}, "'x' is not a stage number"),
+    ({"attention": "se", "attention_stages": []}, "no stage is given"),
     ({"attention_stages": "3,4"}, "without an attention block"),
     ({"attention": "ge", "img_size": 0}, "img_size must be a positive integer"),
 ])
@@ -411,7 +393,13 @@ def test_prm_needs_channels_divisible_by_64() -> None:
 
 def test_parse_stages() -> None:
     assert parse_stages(None) is None
-    assert parse_stages("4, 3") == (3, 4) and parse_stages([2, 1]) == (1, 2) and parse_stages(4) == (4,)
+    assert parse_stages("4, 3") == [3, 4] and parse_stages([2, 1]) == [1, 2] and parse_stages(4) == [4]
+    assert parse_stages("3,4,") == [3, 4] and parse_stages((4.0,)) == [4]
+    for bad, cause in [("3 4", "'3 4' is not a stage number"), ("2.5", "'2.5' is not a stage number"),
+                       ([True], "True is not a stage number"), ({3}, "expected text such as '3,4'"), (" , ", "no stage")]:
+        with pytest.raises(UserError, match=cause) as info:
+            parse_stages(bad)
+        assert "give distinct stages from 1, 2, 3, 4 separated by commas, e.g. 3,4" in str(info.value)
 
 
 def test_ge_kernel_follows_img_size_and_refuses_other_resolutions() -> None:

@@ -17,15 +17,8 @@ import pytest
 
 from models import build_model
 from models.attention import attention_blocks
-from models.convert import (
-    FORMAT_AT_MMCLS,
-    FORMAT_CHANNEL_ATTENTION,
-    FORMAT_PRM,
-    _linear_weight_names,
-    convert_torch_state,
-    detect_format,
-    infer_attention,
-)
+from models.attention import get_attention
+from models.convert import _linear_weight_names, convert_torch_state, detect_format, infer_attention
 from models.weights import load_state
 from utils.errors import UserError
 from utils.pth_io import save_pth
@@ -33,6 +26,20 @@ from utils.pth_io import save_pth
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_attention import multise3_np, randomize  # noqa: E402
+
+
+# The attention repositories' format names (user-visible: printed by the converter), carried by the specs.
+FORMAT_CHANNEL_ATTENTION = "channel-attention"
+FORMAT_PRM = "prm-resnet"
+FORMAT_AT_MMCLS = "at-kernel-mmcls"
+
+
+def test_specs_carry_the_format_names() -> None:
+    for name in ("se", "srm", "ge", "ab", "multise", "eca"):
+        assert get_attention(name).checkpoint.source_format == FORMAT_CHANNEL_ATTENTION
+    assert get_attention("prm").checkpoint.source_format == FORMAT_PRM
+    assert get_attention("at").checkpoint.source_format == FORMAT_AT_MMCLS
+    assert get_attention("emod").checkpoint.source_format is None
 
 
 # Weights that are nn.Linear in the originals but 1x1 convs here ([out, in] vs [out, in, 1, 1]).

@@ -14,7 +14,8 @@ import paddle
 import pytest
 
 from models import build_model
-from models.convert import FORMAT_CSRA_REFERENCE, FORMAT_TORCHVISION_RESNET, convert_torch_state, detect_format
+from models.convert import FORMAT_CSRA_REFERENCE, convert_torch_state, detect_format
+from models.resnet import FORMAT_TORCHVISION_RESNET
 from utils.errors import UserError
 from utils.pth_io import save_pth
 
@@ -100,7 +101,7 @@ def test_pth_loads_directly_as_pretrained(source_model, tmp_path: Path) -> None:
 def test_format_detection() -> None:
     assert detect_format(["conv1.weight", "layer1.0.bn1.running_mean", "fc.weight"]) == FORMAT_TORCHVISION_RESNET
     assert detect_format(["conv1.weight", "layer1.0.bn1.running_mean", "classifier.multi_head.0.head.weight"]) == FORMAT_CSRA_REFERENCE
-    with pytest.raises(UserError, match="unrecognised checkpoint"):
+    with pytest.raises(UserError, match="unrecognised checkpoint.*resnet: 'conv1.weight' and 'layer1.\\*'.*encoder.weight"):
         detect_format(["encoder.weight"])
 
 

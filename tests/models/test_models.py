@@ -14,6 +14,11 @@ DEPTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,
 
 def test_registry_lists_all_resnets() -> None:
     assert set(DEPTHS) <= set(MODELS.names())
+    for name, width in DEPTHS.items():
+        spec = MODELS.get(name)
+        assert (spec.family, spec.preset, spec.feature_channels) == ("resnet", int(name[6:]), width)
+        assert spec.block == ("basic" if width == 512 else "bottleneck")
+        assert spec.weights["imagenet"].url.endswith(f"/{name}.pdparams") and len(spec.weights["imagenet"].md5) == 32
 
 
 @pytest.mark.parametrize("name", list(DEPTHS))

@@ -11,7 +11,8 @@ import paddle
 import pytest
 
 from models import build_model
-from models import weights as weights_mod
+from models import MODELS
+from models.family import WeightsSource
 from models.weights import load_pretrained
 from utils.errors import UserError
 
@@ -143,7 +144,8 @@ def test_imagenet_uses_the_md5_checked_official_entry(r18, server, monkeypatch) 
     state = {k: v for k, v in r18.state_dict().items() if not k.startswith("classifier.")}
     path = _save(state, served / "resnet18.pdparams")
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
-    monkeypatch.setitem(weights_mod.IMAGENET_WEIGHTS, "resnet18", (f"{srv.url}/resnet18.pdparams", md5))
+    assert MODELS.get("resnet18").weights["imagenet"].url == "https://paddle-hapi.bj.bcebos.com/models/resnet18.pdparams"
+    monkeypatch.setitem(MODELS.get("resnet18").weights, "imagenet", WeightsSource(f"{srv.url}/resnet18.pdparams", md5))
     model = build_model("resnet18", num_classes=4, num_heads=2, lam=0.3, pretrained="imagenet")
     np.testing.assert_array_equal(model.conv1.weight.numpy(), r18.conv1.weight.numpy())
 
@@ -151,7 +153,7 @@ def test_imagenet_uses_the_md5_checked_official_entry(r18, server, monkeypatch) 
 def test_md5_mismatch_is_an_error(r18, server, monkeypatch) -> None:
     srv, served = server
     _save(r18.state_dict(), served / "resnet18.pdparams")
-    monkeypatch.setitem(weights_mod.IMAGENET_WEIGHTS, "resnet18", (f"{srv.url}/resnet18.pdparams", "0" * 32))
+    monkeypatch.setitem(MODELS.get("resnet18").weights, "imagenet", WeightsSource(f"{srv.url}/resnet18.pdparams", "0" * 32))
     monkeypatch.setattr("time.sleep", lambda s: None)
     with pytest.raises(UserError, match="could not download"):
         build_model("resnet18", num_classes=4, pretrained="imagenet")

@@ -1,0 +1,458 @@
+"""Typed settings of the five scripts, resolved once from flags + a training run's ``config.json`` + defaults.
+
+Each script parses its flags (every flag that a run's config.json or a settings class can
+supply defaults to None, "not given"), then calls its ``resolve_*`` once; from then on it
+uses only the frozen settings, and nothing reads or changes the Namespace again. Library
+code (engine/, deploy/, cli/loading.py) takes these settings or explicit arguments.
+
+Where each settings class lives (imports go one way: cli -> engine, deploy -> models, datasets):
+
+| settings | module | built by | used by |
+| --- | --- | --- | --- |
+| ``ModelSettings`` | ``models.spec`` | every ``resolve_*`` | ``ModelSettings.build()``, all below |
+| ``TrainConfig`` | ``engine.config`` | ``resolve_train`` | ``engine.trainer.Trainer.from_config`` / ``train`` |
+| ``ExportConfig`` | ``deploy.export`` | ``resolve_export`` | ``deploy.export.export_model`` |
+| ``InferConfig`` (+ ``RuntimeOptions``) | ``deploy.predictor`` | ``resolve_infer`` | ``deploy.predictor.run_infer`` |
+| ``EvalSettings``, ``PredictSettings`` | here | ``resolve_eval``, ``resolve_predict`` | val.py, predict.py |
+
+Defaults have one home each: model defaults in ``models.spec``, the training recipe in
+``TrainConfig``'s fields, ``--dataset`` in ``datasets.config.DEFAULT_DATASET`` and the
+per-dataset table ``datasets.config.dataset_defaults``, the others in the settings classes
+(help texts read them from there).
+
+Resume (``resolve_train`` with ``--resume``): the run's ``config.json`` restores every
+setting of train.py; the save folder is the resumed folder; flags in ``RESUME_OVERRIDABLE``
+may be given with another value; any other flag given with a value different from the
+run's is refused (``UserError`` naming each flag, the run's value and why).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from cli.args import (DEFAULT_TRAIN_SAVE_DIR, finite_non_negative_float, finite_positive_float, image_size, model_fields,
+                      momentum_float, non_negative_int, positive_int, read_run_config, stage_list, unit_interval_float)
+from cli.loading import check_weights_path
+from datasets.config import DEFAULT_DATASET, dataset_defaults, resolve_classes
+from deploy.export import ExportConfig, check_weights_choice
+from deploy.predictor import InferConfig, RuntimeOptions
+from engine.config import TrainConfig
+from models.spec import MODEL_NAMES, ModelSettings, canonical_attention
+from utils.errors import UserError
+from utils.logger import get_logger
+
+log = get_logger("settings")
+
+__all__ = [
+    "DEFAULT_TRAIN_SAVE_DIR", "EvalSettings", "ExportConfig", "InferConfig", "ModelSettings", "PredictSettings",
+    "RESUME_OVERRIDABLE", "TrainConfig", "check_num_classes", "model_settings", "resolve_eval", "resolve_export",
+    "resolve_infer", "resolve_predict", "resolve_train",
+]
+
+
+# --------------------------------------------------------------------------- shared pieces
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given on the command line: ``vars(args)`` without the None ("not given") entries."""
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+def check_num_classes(num_cls: int | None, names: list[str], source: str) -> int:
+    """The number of classes: ``len(names)``, checked against ``--num_cls`` when given.
+
+    Args:
+        num_cls: the ``--num_cls`` flag (None: not given).
+        names: the class names found; ``source`` says where (for the message).
+    Returns:
+        the class count C.
+    Raises:
+        UserError: ``--num_cls`` differs from the number of names.
+    """
+    if num_cls is None:
+        return len(names)
+    if num_cls != len(names):
+        raise UserError(f"--num_cls {num_cls} but {source} lists {len(names)} classes; drop --num_cls or fix it")
+    return num_cls
+
+
+def model_settings(fields: dict[str, Any], num_classes: int) -> ModelSettings:
+    """``ModelSettings`` from resolved model fields (``cli.args.model_fields``) and the class count.
+
+    Raises:
+        UserError: an unknown ``--model`` (checked here, before any slow work).
+    """
+    name = str(fields["model"])
+    if name.lower() not in MODEL_NAMES:
+        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(MODEL_NAMES)}")
+    stages = fields.get("attention_stages")
+    return ModelSettings(
+        name=name.lower(), num_classes=int(num_classes), num_heads=int(fields["num_heads"]), lam=float(fields["lam"]),
+        attention=canonical_attention(fields.get("attention")),
+        attention_stages=tuple(int(s) for s in stages) if stages else None, img_size=int(fields["img_size"]),
+    )
+
+
+# --------------------------------------------------------------------------- train.py
+# Checks of config.json values, by flag: the same type functions as train.py's flags.
+_VALUE_TYPES: dict[str, Callable[[str], Any]] = {
+    "num_heads": positive_int, "lam": finite_positive_float, "num_cls": positive_int, "img_size": image_size,
+    "batch_size": positive_int, "num_workers": non_negative_int, "lr": finite_positive_float, "momentum": momentum_float,
+    "w_d": finite_non_negative_float, "warmup_epoch": finite_non_negative_float, "lr_step": positive_int,
+    "total_epoch": positive_int, "seed": non_negative_int, "eval_interval": positive_int, "threshold": unit_interval_float,
+    "print_freq": non_negative_int,
+}
+_BOOL_KEYS = ("freeze_bn", "amp", "shared_memory")
+_TEXT_KEYS = ("model", "attention", "dataset", "train_json", "test_json", "classes", "pretrained", "device")
+_PATH_KEYS = ("train_json", "test_json", "classes", "pretrained")
+
+#: train.py settings a resumed run takes from its config.json (every flag but --resume,
+#: --save_dir and --max_image_pixels, which is a per-invocation safety limit).
+RESUMED_KEYS: tuple[str, ...] = (
+    "model", "num_heads", "lam", "num_cls", "attention", "attention_stages", "img_size", "dataset", "train_json", "test_json",
+    "classes", "batch_size", "lr", "momentum", "w_d", "warmup_epoch", "lr_step", "total_epoch", "seed", "freeze_bn", "amp",
+    "pretrained", "eval_interval", "threshold", "print_freq", "num_workers", "shared_memory", "device",
+)
+#: flags a resumed run may change: they do not alter what the checkpoint's training computes.
+RESUME_OVERRIDABLE: tuple[str, ...] = (
+    "total_epoch", "eval_interval", "print_freq", "num_workers", "shared_memory", "device", "threshold",
+)
+_WHY_FIXED = {
+    **dict.fromkeys(("model", "num_heads", "lam", "num_cls", "attention", "attention_stages", "img_size"),
+                    "the checkpoint's weights belong to that model"),
+    **dict.fromkeys(("dataset", "train_json", "test_json", "classes"), "the checkpoint was trained on that data and label order"),
+    **dict.fromkeys(("batch_size", "lr", "momentum", "w_d", "warmup_epoch", "lr_step", "seed", "freeze_bn", "amp"),
+                    "the checkpoint's optimizer state, LR schedule and data order continue that recipe exactly"),
+    "pretrained": "a resumed run takes every weight from its checkpoint; --pretrained only initialises a new run",
+}
+
+
+def resume_folder(resume: str) -> Path:
+    """The run folder of ``--resume``: the folder itself, or the folder of a checkpoint file/stem.
+
+    Raises:
+        UserError: nothing of that name exists.
+    """
+    path = Path(resume)
+    if path.is_dir():
+        return path
+    if path.is_file() or (path.parent.is_dir() and any(path.parent.glob(f"{path.name}.*"))):
+        return path.parent
+    raise UserError(f"--resume {resume}: no such folder or checkpoint file; pass the --save_dir of the run to continue "
+                    "(or one of its last.*/interrupted.* files)")
+
+
+def _check_run_value(key: str, value: Any, path: Path) -> Any:
+    """``value`` of ``key`` from ``path`` (a run's config.json), checked like the flag; UserError naming the file."""
+    fix = f"repair {path} (train.py writes it) or delete it and pass the run's flags again"
+    if value is None:
+        return None
+    try:
+        if key in _VALUE_TYPES:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError("not a number")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError("not finite")
+            checked = _VALUE_TYPES[key](str(value))
+            if isinstance(checked, int) and checked != value:
+                raise ValueError("not an integer")
+            return checked
+        if key == "attention_stages":
+            if not isinstance(value, list):
+                raise ValueError("not a list")
+            return stage_list(",".join(str(v) for v in value))
+        if key in _BOOL_KEYS:
+            if not isinstance(value, bool):
+                raise ValueError("not true/false")
+            return value
+        if key in _TEXT_KEYS:
+            if not isinstance(value, str):
+                raise ValueError("not a string")
+            if key == "device" and value not in ("auto", "cpu", "gpu"):
+                raise ValueError("not auto, cpu or gpu")
+            return value
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        problem = str(exc).split(", got ")[0]
+        raise UserError(f"{path}: \"{key}\" {problem}, got {value!r}; {fix}") from None
+    return value
+
+
+def _same_value(key: str, a: Any, b: Any) -> bool:
+    """Whether flag value ``a`` and run value ``b`` of ``key`` mean the same setting."""
+    if key == "attention":
+        return canonical_attention(a) == canonical_attention(b)
+    if key == "model":
+        return str(a).lower() == str(b).lower()
+    if key == "attention_stages":
+        return list(a or []) == list(b or [])
+    if key in _PATH_KEYS and a is not None and b is not None and not str(a).startswith(("http://", "https://")):
+        return os.path.realpath(str(a)) == os.path.realpath(str(b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _flag_text(key: str, value: Any) -> str:
+    """``--key value`` as a user would type it."""
+    if isinstance(value, bool):
+        if key == "shared_memory":
+            return "--shared_memory" if value else "--no-shared_memory"
+        return f"--{key}" if value else f"no --{key}"
+    if isinstance(value, (list, tuple)):
+        return f"--{key} {','.join(map(str, value))}"
+    return f"--{key} {value}"
+
+
+def _restore_run(given: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Merge a resumed run's config.json under the given flags; refuse changes that are not safe.
+
+    Returns:
+        flag values: the run's for every key of ``RESUMED_KEYS`` it records, the given ones
+        where allowed; logs what was restored and what was overridden.
+    Raises:
+        UserError: a flag outside ``RESUME_OVERRIDABLE`` given with another value than the
+            run's (all such flags named at once), or a bad config.json.
+    """
+    path = folder / "config.json"
+    if not path.is_file():
+        log.warning("%s has no config.json: the run's settings cannot be restored; resuming with the flags given and the "
+                    "defaults (give every flag of the original run)", folder)
+        return dict(given)
+    raw = read_run_config(str(folder / "last.pdparams"))  # JSON and model-field checks, errors name the file
+    run = {key: _check_run_value(key, raw[key], path) for key in RESUMED_KEYS if key in raw}
+    if "lr_step" in run and run["lr_step"] is None:  # older runs recorded an unset --lr_step: the dataset's was used
+        run["lr_step"] = dataset_defaults(run.get("dataset") or DEFAULT_DATASET).step_epochs
+    values = dict(given)
+    restored, overridden, conflicts = [], [], []
+    for key, run_value in run.items():
+        if key not in given:
+            values[key] = run_value
+            if run_value is not None:
+                restored.append(f"{key} {','.join(map(str, run_value)) if isinstance(run_value, list) else run_value}")
+            continue
+        if run_value is None or _same_value(key, given[key], run_value):
+            continue
+        if key in RESUME_OVERRIDABLE:
+            overridden.append(f"{key} {run_value} -> {given[key]}")
+        else:
+            conflicts.append(f"{_flag_text(key, given[key])} was given but the run has {_flag_text(key, run_value)} "
+                             f"({_WHY_FIXED.get(key, 'the checkpoint continues that setting')})")
+    if conflicts:
+        raise UserError(
+            f"--resume {folder} continues the run recorded in {path}; " + "; ".join(conflicts)
+            + f". Drop those flags (a resumed run restores every setting; only --{', --'.join(RESUME_OVERRIDABLE)} "
+            "may change), or start a new run in another --save_dir without --resume")
+    log.info("resuming %s with the settings of %s: %s", folder, path.name, ", ".join(restored) or "(none recorded)")
+    if overridden:
+        log.info("changed on resume: %s", ", ".join(overridden))
+    return values
+
+
+def resolve_train(args: argparse.Namespace) -> TrainConfig:
+    """train.py's settings: the flags given, the resumed run's config.json, then the defaults.
+
+    Args:
+        args: train.py's parsed flags (None = not given).
+    Returns:
+        the frozen ``TrainConfig`` (class names read, ``lr_step`` and the split paths resolved).
+    Raises:
+        UserError: a refused change on resume, ``--save_dir`` other than the resumed folder, a
+            missing split file, no class names, ``--num_cls`` not matching them, an unknown model.
+    """
+    given = given_flags(args)
+    for key in ("max_image_pixels", "resume", "save_dir"):
+        given.pop(key, None)
+    resume = getattr(args, "resume", None)
+    save_dir = getattr(args, "save_dir", None)
+    if resume:
+        folder = resume_folder(resume)
+        if save_dir is not None and os.path.realpath(save_dir) != os.path.realpath(folder):
+            raise UserError(f"--save_dir {save_dir} with --resume {resume}: a resumed run continues in its own folder "
+                            f"{folder}; drop --save_dir (or copy {folder} to {save_dir} and resume that copy)")
+        values = _restore_run(given, folder)
+        save_dir = str(folder)
+    else:
+        values = given
+        save_dir = save_dir or DEFAULT_TRAIN_SAVE_DIR
+
+    def pick(key: str, default: Any) -> Any:
+        value = values.get(key)
+        return default if value is None else value
+
+    dataset = pick("dataset", DEFAULT_DATASET)
+    defaults = dataset_defaults(dataset)
+    train_json, test_json = pick("train_json", defaults.train_json), pick("test_json", defaults.test_json)
+    for flag, path in (("--train_json", train_json), ("--test_json", test_json)):
+        if not Path(path).is_file():
+            raise UserError(f"{flag} {path} not found; prepare the dataset first (see README: Preparing datasets) or pass {flag}")
+    classes, source = resolve_classes(dataset, values.get("classes"), train_json)
+    num_classes = check_num_classes(values.get("num_cls"), classes, source)
+    return TrainConfig(
+        model=model_settings(model_fields(values), num_classes), dataset=dataset, train_json=str(train_json),
+        test_json=str(test_json), classes=tuple(classes), save_dir=str(save_dir),
+        epochs=pick("total_epoch", TrainConfig.epochs), batch_size=pick("batch_size", TrainConfig.batch_size),
+        lr=float(pick("lr", TrainConfig.lr)), momentum=float(pick("momentum", TrainConfig.momentum)),
+        weight_decay=float(pick("w_d", TrainConfig.weight_decay)),
+        warmup_epochs=float(pick("warmup_epoch", TrainConfig.warmup_epochs)),
+        lr_step=pick("lr_step", defaults.step_epochs), seed=pick("seed", TrainConfig.seed),
+        eval_interval=pick("eval_interval", TrainConfig.eval_interval), threshold=float(pick("threshold", TrainConfig.threshold)),
+        print_freq=pick("print_freq", TrainConfig.print_freq), num_workers=pick("num_workers", TrainConfig.num_workers),
+        shared_memory=pick("shared_memory", TrainConfig.shared_memory), freeze_bn=pick("freeze_bn", TrainConfig.freeze_bn),
+        amp=pick("amp", TrainConfig.amp), device=pick("device", TrainConfig.device),
+        pretrained=values.get("pretrained"), resume=resume, classes_file=values.get("classes"),
+    )
+
+
+# --------------------------------------------------------------------------- val.py
+@dataclass(frozen=True)
+class EvalSettings:
+    """val.py's settings.
+
+    Attributes:
+        weights: the trained weights (``--load_from``), classifier included.
+        model: the model the weights belong to.
+        class_names: names in label order (``len == model.num_classes``).
+        dataset: label policy and normalisation.
+        test_json: the split evaluated.
+        mean, std: per-channel normalisation of the dataset.
+        batch_size, num_workers: loader settings.
+        threshold: score threshold of CP/CR/CF1/OP/OR/OF1.
+        save_scores, json_out: optional output files.
+        device: ``auto``, ``cpu`` or ``gpu``.
+    """
+
+    weights: str
+    model: ModelSettings
+    class_names: tuple[str, ...]
+    dataset: str
+    test_json: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    batch_size: int = 16
+    num_workers: int = 0
+    threshold: float = 0.5
+    save_scores: str | None = None
+    json_out: str | None = None
+    device: str = "auto"
+
+
+def resolve_eval(args: argparse.Namespace) -> EvalSettings:
+    """val.py's settings: flags, else the training run's config.json beside ``--load_from``, else the defaults.
+
+    Raises:
+        UserError: missing weights (a folder lists its checkpoints), a bad config.json, a missing
+            ``--test_json``, no class names, ``--num_cls`` not matching them, an unknown model.
+    """
+    check_weights_path(args.load_from, "--load_from")
+    run = read_run_config(args.load_from)
+    dataset = args.dataset or run.get("dataset") or DEFAULT_DATASET
+    defaults = dataset_defaults(dataset)
+    test_json = args.test_json or defaults.test_json
+    if not Path(test_json).is_file():
+        raise UserError(f"--test_json {test_json} not found; prepare the dataset first or pass --test_json")
+    names, source = resolve_classes(dataset, args.classes, test_json, weights=args.load_from)
+    num_classes = check_num_classes(args.num_cls, names, source)
+    return EvalSettings(
+        weights=args.load_from, model=model_settings(model_fields(vars(args), run), num_classes), class_names=tuple(names),
+        dataset=dataset, test_json=str(test_json), mean=tuple(defaults.mean), std=tuple(defaults.std),
+        batch_size=args.batch_size or EvalSettings.batch_size,
+        num_workers=EvalSettings.num_workers if args.num_workers is None else args.num_workers,
+        threshold=EvalSettings.threshold if args.threshold is None else args.threshold,
+        save_scores=args.save_scores, json_out=args.json_out, device=args.device or EvalSettings.device,
+    )
+
+
+# --------------------------------------------------------------------------- predict.py
+@dataclass(frozen=True)
+class PredictSettings:
+    """predict.py's settings.
+
+    Attributes:
+        weights, model, class_names, dataset: as ``EvalSettings``.
+        mean, std: the dataset's normalisation.
+        images: image files given as arguments; img_dir: a folder of images, or None.
+        batch_size: images per forward pass.
+        threshold, topk: which classes a line reports.
+        output: optional JSON file of all scores.
+        device: ``auto``, ``cpu`` or ``gpu``.
+    """
+
+    weights: str
+    model: ModelSettings
+    class_names: tuple[str, ...]
+    dataset: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    images: tuple[str, ...] = ()
+    img_dir: str | None = None
+    batch_size: int = 8
+    threshold: float = 0.5
+    topk: int | None = None
+    output: str | None = None
+    device: str = "auto"
+
+
+def resolve_predict(args: argparse.Namespace) -> PredictSettings:
+    """predict.py's settings: flags, else the training run's config.json beside ``--load_from``, else the defaults.
+
+    Raises:
+        UserError: as :func:`resolve_eval` (without the split check).
+    """
+    check_weights_path(args.load_from, "--load_from")
+    run = read_run_config(args.load_from)
+    dataset = args.dataset or run.get("dataset") or DEFAULT_DATASET
+    norm = dataset_defaults(dataset)
+    names, source = resolve_classes(dataset, args.classes, weights=args.load_from)
+    num_classes = check_num_classes(args.num_cls, names, source)
+    return PredictSettings(
+        weights=args.load_from, model=model_settings(model_fields(vars(args), run), num_classes), class_names=tuple(names),
+        dataset=dataset, mean=tuple(norm.mean), std=tuple(norm.std), images=tuple(args.images or ()), img_dir=args.img_dir,
+        batch_size=args.batch_size or PredictSettings.batch_size,
+        threshold=PredictSettings.threshold if args.threshold is None else args.threshold, topk=args.topk,
+        output=args.output, device=args.device or PredictSettings.device,
+    )
+
+
+# --------------------------------------------------------------------------- export_model.py
+def resolve_export(args: argparse.Namespace) -> ExportConfig:
+    """export_model.py's settings: flags, else the config.json beside ``--model_path``, else the defaults.
+
+    Raises:
+        UserError: weights and ``--random_init`` both or neither, missing weights, a bad
+            config.json, no class names, ``--num_cls`` not matching them, an unknown model.
+    """
+    check_weights_choice(args.model_path, args.random_init)
+    if args.model_path:
+        check_weights_path(args.model_path, "--model_path")
+    run = read_run_config(args.model_path)
+    dataset = args.dataset or run.get("dataset") or DEFAULT_DATASET
+    norm = dataset_defaults(dataset)
+    names, source = resolve_classes(dataset, args.classes, weights=args.model_path)
+    num_classes = check_num_classes(args.num_cls, names, source)
+    return ExportConfig(
+        model=model_settings(model_fields(vars(args), run), num_classes), class_names=tuple(names), dataset=dataset,
+        mean=tuple(norm.mean), std=tuple(norm.std),
+        save_dir=args.save_dir or ExportConfig.save_dir, weights=args.model_path,
+        threshold=ExportConfig.threshold if args.threshold is None else args.threshold, onnx=bool(args.onnx),
+        opset=args.opset or ExportConfig.opset,
+    )
+
+
+# --------------------------------------------------------------------------- infer.py
+def resolve_infer(args: argparse.Namespace) -> InferConfig:
+    """infer.py's settings (the flags; unset ones take ``InferConfig``/``RuntimeOptions`` defaults).
+
+    ``threshold`` None means inference.yml's.
+    """
+    runtime = RuntimeOptions(
+        use_gpu=args.use_gpu, gpu_id=args.gpu_id, gpu_mem=args.gpu_mem, use_tensorrt=args.use_tensorrt, precision=args.precision,
+        enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads, ir_optim=args.ir_optim, memory_optim=args.memory_optim,
+        max_batch_size=args.batch_size,
+    )
+    return InferConfig(
+        input_file=args.input_file, model_dir=args.model_dir, model_file=args.model_file, params_file=args.params_file,
+        batch_size=args.batch_size, num_workers=args.num_workers, threshold=args.threshold, topk=args.topk, output=args.output,
+        runtime=runtime, enable_benchmark=args.enable_benchmark, warmup=args.warmup,
+    )
