@@ -338,6 +338,32 @@ class EvalSettings:
     device: str = "auto"
 
 
+@dataclass(frozen=True)
+class _TrainedRun:
+    """What the scripts that load trained weights derive from them: the run's config.json,
+    the dataset and its recipe, the class names and the model settings."""
+
+    run: dict[str, Any]
+    dataset: str
+    recipe: Any  # datasets.config.DatasetDefaults
+    class_names: tuple[str, ...]
+    model: ModelSettings
+
+
+def _trained_run(args: argparse.Namespace, weights: str | None, split_json: str | None = None) -> _TrainedRun:
+    """Resolve the dataset, class names and model of trained ``weights`` (None: an untrained model).
+
+    Flags win; unset ones come from the config.json beside the weights, else the defaults.
+    """
+    run = read_run_config(weights)
+    dataset = args.dataset or run.get("dataset") or DEFAULT_DATASET
+    recipe = dataset_defaults(dataset)
+    names, source = resolve_classes(dataset, args.classes, split_json, weights=weights)
+    num_classes = check_num_classes(args.num_cls, names, source)
+    model = model_settings(model_fields(vars(args), run), num_classes)
+    return _TrainedRun(run, dataset, recipe, tuple(names), model)
+
+
 def resolve_eval(args: argparse.Namespace) -> EvalSettings:
     """val.py's settings: flags, else the training run's config.json beside ``--load_from``, else the defaults.
 
@@ -346,17 +372,14 @@ def resolve_eval(args: argparse.Namespace) -> EvalSettings:
             ``--test_json``, no class names, ``--num_cls`` not matching them, an unknown model.
     """
     check_weights_path(args.load_from, "--load_from")
-    run = read_run_config(args.load_from)
-    dataset = args.dataset or run.get("dataset") or DEFAULT_DATASET
-    defaults = dataset_defaults(dataset)
-    test_json = args.test_json or defaults.test_json
+    dataset = args.dataset or read_run_config(args.load_from).get("dataset") or DEFAULT_DATASET
+    test_json = args.test_json or dataset_defaults(dataset).test_json
     if not Path(test_json).is_file():
         raise UserError(f"--test_json {test_json} not found; prepare the dataset first or pass --test_json")
-    names, source = resolve_classes(dataset, args.classes, test_json, weights=args.load_from)
-    num_classes = check_num_classes(args.num_cls, names, source)
+    trained = _trained_run(args, args.load_from, test_json)
     return EvalSettings(
-        weights=args.load_from, model=model_settings(model_fields(vars(args), run), num_classes), class_names=tuple(names),
-        dataset=dataset, test_json=str(test_json), mean=tuple(defaults.mean), std=tuple(defaults.std),
+        weights=args.load_from, model=trained.model, class_names=trained.class_names,
+        dataset=trained.dataset, test_json=str(test_json), mean=tuple(trained.recipe.mean), std=tuple(trained.recipe.std),
         batch_size=args.batch_size or EvalSettings.batch_size,
         num_workers=EvalSettings.num_workers if args.num_workers is None else args.num_workers,
         threshold=EvalSettings.threshold if args.threshold is None else args.threshold,
@@ -401,14 +424,11 @@ def resolve_predict(args: argparse.Namespace) -> PredictSettings:
         UserError: as :func:`resolve_eval` (without the split check).
     """
     check_weights_path(args.load_from, "--load_from")
-    run = read_run_config(args.load_from)
-    dataset = args.dataset or run.get("dataset") or DEFAULT_DATASET
-    norm = dataset_defaults(dataset)
-    names, source = resolve_classes(dataset, args.classes, weights=args.load_from)
-    num_classes = check_num_classes(args.num_cls, names, source)
+    trained = _trained_run(args, args.load_from)
     return PredictSettings(
-        weights=args.load_from, model=model_settings(model_fields(vars(args), run), num_classes), class_names=tuple(names),
-        dataset=dataset, mean=tuple(norm.mean), std=tuple(norm.std), images=tuple(args.images or ()), img_dir=args.img_dir,
+        weights=args.load_from, model=trained.model, class_names=trained.class_names,
+        dataset=trained.dataset, mean=tuple(trained.recipe.mean), std=tuple(trained.recipe.std),
+        images=tuple(args.images or ()), img_dir=args.img_dir,
         batch_size=args.batch_size or PredictSettings.batch_size,
         threshold=PredictSettings.threshold if args.threshold is None else args.threshold, topk=args.topk,
         output=args.output, device=args.device or PredictSettings.device,
@@ -426,14 +446,10 @@ def resolve_export(args: argparse.Namespace) -> ExportConfig:
     check_weights_choice(args.model_path, args.random_init)
     if args.model_path:
         check_weights_path(args.model_path, "--model_path")
-    run = read_run_config(args.model_path)
-    dataset = args.dataset or run.get("dataset") or DEFAULT_DATASET
-    norm = dataset_defaults(dataset)
-    names, source = resolve_classes(dataset, args.classes, weights=args.model_path)
-    num_classes = check_num_classes(args.num_cls, names, source)
+    trained = _trained_run(args, args.model_path)
     return ExportConfig(
-        model=model_settings(model_fields(vars(args), run), num_classes), class_names=tuple(names), dataset=dataset,
-        mean=tuple(norm.mean), std=tuple(norm.std),
+        model=trained.model, class_names=trained.class_names, dataset=trained.dataset,
+        mean=tuple(trained.recipe.mean), std=tuple(trained.recipe.std),
         save_dir=args.save_dir or ExportConfig.save_dir, weights=args.model_path,
         threshold=ExportConfig.threshold if args.threshold is None else args.threshold, onnx=bool(args.onnx),
         opset=args.opset or ExportConfig.opset,
