@@ -25,6 +25,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from models.norm import BatchNorm2D
 from models.attention.base import MIXER, RECALIBRATOR, fold_batch_norm
 from models.csra import CSRAModel
 from models.family import BackboneFamily, ModelSpec, WeightsSource, register_family
@@ -93,10 +94,10 @@ class BasicBlock(_ResidualBlock):
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2D(planes)
+        self.bn1 = BatchNorm2D(planes)
         self.relu = nn.ReLU()
         self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2D(planes)
+        self.bn2 = BatchNorm2D(planes)
         self.downsample = downsample
         self._attach_recalibrator(recalibrator)
 
@@ -124,11 +125,11 @@ class BottleneckBlock(_ResidualBlock):
         super().__init__()
         width = planes
         self.conv1 = conv1x1(inplanes, width)
-        self.bn1 = nn.BatchNorm2D(width)
+        self.bn1 = BatchNorm2D(width)
         self.conv2 = mixer if mixer is not None else conv3x3(width, width, stride)
-        self.bn2 = nn.BatchNorm2D(width)
+        self.bn2 = BatchNorm2D(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2D(planes * self.expansion)
+        self.bn3 = BatchNorm2D(planes * self.expansion)
         self.relu = nn.ReLU()
         self.downsample = downsample
         self._attach_recalibrator(recalibrator)
@@ -197,7 +198,7 @@ class ResNet(nn.Layer):
         self.depth = depth
         self.inplanes = 64
         self.conv1 = nn.Conv2D(3, 64, 7, stride=2, padding=3, bias_attr=False, weight_attr=_conv_init())
-        self.bn1 = nn.BatchNorm2D(64)
+        self.bn1 = BatchNorm2D(64)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
         stages = []
@@ -223,7 +224,7 @@ class ResNet(nn.Layer):
             s = stride if i == 0 else 1
             downsample = None
             if i == 0 and (s != 1 or self.inplanes != out_channels):
-                downsample = nn.Sequential(conv1x1(self.inplanes, out_channels, s), nn.BatchNorm2D(out_channels))
+                downsample = nn.Sequential(conv1x1(self.inplanes, out_channels, s), BatchNorm2D(out_channels))
             recal = recalibrator_factory(out_channels, stage) if recalibrator_factory else None
             mixer = mixer_factory(planes, planes, s, stage) if mixer_factory else None
             hooks: dict[str, nn.Layer] = {"mixer": mixer} if mixer is not None else {}

@@ -26,6 +26,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from models.norm import BatchNorm2D
 from models.attention.base import Mixer, constant_attr, he_normal_fan_out_attr, torch_default_attr
 from utils.errors import UserError
 
@@ -49,15 +50,15 @@ class ATKernel(Mixer):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride, self.kernel_size, self.group_channels = stride, kernel_size, group_channels
         og = out_channels * group_channels
-        self.emb_K = nn.Sequential(_conv1x1(in_channels, in_channels, False), nn.BatchNorm2D(in_channels), nn.ReLU())
+        self.emb_K = nn.Sequential(_conv1x1(in_channels, in_channels, False), BatchNorm2D(in_channels), nn.ReLU())
         self.MLP = nn.Sequential(
             _conv1x1(2 * in_channels, mid, True),
-            nn.BatchNorm2D(mid),
+            BatchNorm2D(mid),
             nn.ReLU(),
             _conv1x1(mid, og, True),
             nn.GroupNorm(out_channels, og, weight_attr=constant_attr(1.0), bias_attr=constant_attr(0.0)),
         )
-        self.emb_V = nn.Sequential(_conv1x1(in_channels, og, False), nn.BatchNorm2D(og))
+        self.emb_V = nn.Sequential(_conv1x1(in_channels, og, False), BatchNorm2D(og))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.stride > 1:

@@ -20,6 +20,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from models.norm import BatchNorm2D
 from models.attention.base import (
     BlockContext,
     Recalibrator,
@@ -145,7 +146,7 @@ class SRMLayer(Recalibrator):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.cfc = self.create_parameter([channels, 2], attr=constant_attr(0.0))
-        self.bn = nn.BatchNorm2D(channels)
+        self.bn = BatchNorm2D(channels)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         mean = global_mean(x)  # [B, C, 1, 1]
@@ -197,7 +198,7 @@ class GELayer(Recalibrator):
         self.conv = nn.Sequential(
             nn.Conv2D(channels, channels, k, groups=channels,
                       weight_attr=he_normal_fan_out_attr(channels, k), bias_attr=torch_default_attr(k * k)),
-            nn.BatchNorm2D(channels),
+            BatchNorm2D(channels),
         )
 
     @classmethod
