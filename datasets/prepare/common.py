@@ -10,10 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from datasets.image_io import IMAGE_EXTENSIONS  # noqa: F401 - the one list of image endings, re-exported
 from utils.errors import UserError
-
-#: File name extensions accepted as images when a folder is searched.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def ensure_out_dir(path: str | os.PathLike[str]) -> Path:
