@@ -189,10 +189,10 @@ def read_run_config(weights: str | None) -> dict[str, Any]:
         UserError: config.json exists but cannot be read, is not a JSON object, or a model
             setting in it has the wrong type; the message names the file and how to fix it.
     """
-    import json
     from pathlib import Path
 
     from utils.errors import UserError
+    from utils.fileio import read_json
 
     if not weights or str(weights).startswith(("http://", "https://")):
         return {}
@@ -201,12 +201,7 @@ def read_run_config(weights: str | None) -> dict[str, Any]:
         return {}
     fix = ("repair it (train.py writes it: a JSON object of the run's settings), or delete it and pass the model flags "
            "(--model, --num_heads, --lam, --attention, --attention_stages, --img_size, --dataset) explicitly")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); {fix}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path} ({exc}); {fix}") from None
+    config = read_json(path, "run config", fix)
     if not isinstance(config, dict):
         raise UserError(f"{path} holds a JSON {type(config).__name__}, not an object of settings; {fix}")
     for key in (*MODEL_DEFAULTS, "dataset"):

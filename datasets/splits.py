@@ -20,7 +20,6 @@ This module does not import Paddle.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from utils.errors import UserError
+from utils.fileio import read_json
 
 _NUMBER_TYPES = (int, float)  # compared with type(): bool is rejected
 _HINT = "regenerate it with the datasets.prepare_* scripts or fix that entry"
@@ -40,23 +40,8 @@ def _is_number(v: Any) -> bool:
 
 
 def _read_json(p: Path) -> Any:
-    """Decode the JSON file ``p``; UserError naming it when missing, unreadable or invalid."""
-    try:
-        with open(p, "r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise UserError(
-            f"annotation file not found: {p} (create it with the datasets.prepare_* scripts)"
-        ) from None
-    except IsADirectoryError:
-        raise UserError(f"annotation file {p} is a folder; give the split's .json file") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            f"regenerate it with the datasets.prepare_* scripts"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read annotation file {p}: {exc}") from None
+    """Decode the split file ``p``; UserError naming it when missing, unreadable or invalid."""
+    return read_json(p, "annotation file", "create it with the datasets.prepare_* scripts, or give the split's .json file")
 
 
 def read_split(json_path: str | os.PathLike[str], num_classes: int | None = None,

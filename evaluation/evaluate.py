@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a file (python evaluation/evaluate.py): 
 import numpy as np  # noqa: E402
 
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.fileio import atomic_write_text  # noqa: E402
+from utils.fileio import atomic_write_text, read_json  # noqa: E402
 from utils.logger import get_logger  # noqa: E402
 from evaluation.metrics import (  # noqa: E402
     NO_POSITIVE_CHOICES,
@@ -65,18 +65,7 @@ def load_json_list(path: str | os.PathLike[str], what: str) -> list[dict[str, An
         UserError: missing/unreadable file, invalid JSON, or not a list of objects.
     """
     p = Path(path)
-    try:
-        with p.open("r", encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"{what} {p} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {what} {p}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{what} {p} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-            "regenerate it or fix the file"
-        ) from None
+    data = read_json(p, what, "check the path, regenerate the file or fix it")
     if not isinstance(data, list):
         raise UserError(f"{what} {p} must hold a JSON list of objects, found a {type(data).__name__}")
     for i, entry in enumerate(data):

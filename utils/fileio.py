@@ -323,3 +323,31 @@ def lock_run_dir(folder: str | os.PathLike[str], flag: str = "--save_dir") -> Ru
         UserError: another live process holds it (the message names its PID).
     """
     return RunLock(folder, flag)
+
+
+def read_json(path: str | os.PathLike, what: str = "file", fix: str = "fix the file or write it again") -> Any:
+    """Decode a JSON file; every failure is one UserError naming the file, the cause and ``fix``.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (e.g. ``"annotation file"``).
+        fix: what the user should do, appended to every message.
+    Returns:
+        the decoded object (no type check: callers check the shape they need).
+    Raises:
+        UserError: missing, a folder, unreadable, not UTF-8, or not valid JSON (with line and column).
+    """
+    p = Path(path)
+    try:
+        with open(p, "r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"{what} {p} does not exist; {fix}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {p} is a folder, not a JSON file; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); {fix}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {p} is not UTF-8 text; is it really a JSON file? {fix}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {p}: {exc.strerror or exc}; {fix}") from None

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from datasets.image_io import IMAGE_EXTENSIONS  # noqa: F401 - the one list of image endings, re-exported
 from utils.errors import UserError
+from utils.fileio import read_json  # noqa: F401 - the one JSON reader, used by the prepare scripts
 
 
 def ensure_out_dir(path: str | os.PathLike[str]) -> Path:
@@ -68,33 +69,6 @@ def require_file(path: str | os.PathLike[str], layout_hint: str) -> Path:
         what = "is not a file" if p.exists() else "does not exist"
         raise UserError(f"{p} {what}. Expected layout: {layout_hint}")
     return p
-
-
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Load a JSON file.
-
-    Args:
-        path: the JSON file.
-    Returns:
-        the decoded object.
-    Raises:
-        UserError: if the file is missing, unreadable, or not valid JSON (with line and column).
-    """
-    p = Path(path)
-    try:
-        with p.open("r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError as exc:
-        raise UserError(f"{p} does not exist") from exc
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "re-download or fix the file"
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{p} is not UTF-8 text; is it really a JSON file?") from exc
-    except OSError as exc:
-        raise UserError(f"cannot read {p}: {exc.strerror or exc}") from exc
 
 
 def write_json_list(path: str | os.PathLike[str], entries: Sequence[dict[str, Any]]) -> Path:

@@ -338,7 +338,7 @@ def test_bad_json_syntax_and_class_mismatch(tmp_path: Path, split: Path) -> None
     (tmp_path / "broken.json").write_text('[{"target": [1], "img_path": "a.jpg"},')
     with pytest.raises(UserError, match=r"broken\.json.*not valid JSON.*line 1"):
         read_split(tmp_path / "broken.json")
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match=r"missing\.json does not exist"):
         read_split(tmp_path / "missing.json")
     with pytest.raises(UserError, match=r"split\.json: entry 0: 'target' has 3 values.*4 classes"):
         MultiLabelDataset(split, TestTransform(8), classes=["a", "b", "c", "d"])
