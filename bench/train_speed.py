@@ -1,4 +1,4 @@
-"""Training throughput vs data-loading throughput on this machine.
+"""Training throughput vs data-loading throughput, and against the PyTorch reference step.
 
 Prints, side by side:
 - training images/s (forward + backward + SGD step, dygraph) for ResNet-101 + CSRA at 448
@@ -7,12 +7,22 @@ Prints, side by side:
   resize, scaling) at the same sizes, for 0, 1 and 2 workers, on VOC-sized (500x375) JPEGs.
 If the loader rate is far above the training rate, training is compute-bound.
 
+With ``--torch_python PY`` (a Python that has torch; torch is not a requirement of this
+project) it instead times one training step of this project (dygraph, the Trainer's
+``train_step``) and of the reference recipe in PyTorch eager mode
+(``bench/torch_reference_step.py``) for ResNet-18 @ 64 px batch 8, ResNet-50 @ 224 px batch 8
+and ResNet-101 @ 448 px batch 2, alternating the two frameworks round by round so that both
+see the same machine load, and prints the medians and their ratio.
+
     OMP_NUM_THREADS=2 python bench/train_speed.py [--iters 3]
+    OMP_NUM_THREADS=2 python bench/train_speed.py --torch_python /path/to/venv/bin/python [--rounds 3 --iters 3]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,22 +43,73 @@ from models import build_model  # noqa: E402
 from engine.trainer import build_optimizer, train_step  # noqa: E402
 
 
+COMPARED = [("resnet18", 64, 8), ("resnet50", 224, 8), ("resnet101", 448, 2)]
+"""The settings timed against PyTorch: (model, image size, batch)."""
+
+
+class PaddleStep:
+    """This project's training step on a fixed random batch (20 classes, the reference recipe)."""
+
+    def __init__(self, model_name: str, img_size: int, batch: int) -> None:
+        paddle.seed(0)
+        self.model = build_model(model_name, 20)
+        self.model.train()
+        self.opt, self.sched = build_optimizer(self.model, 0.01, 0.9, 1e-4, 100, 0, 4)
+        self.x = paddle.rand([batch, 3, img_size, img_size])
+        self.y = paddle.cast(paddle.rand([batch, 20]) > 0.8, "float32")
+
+    def time_steps(self, iters: int) -> list[float]:
+        """Seconds of each of ``iters`` steps (forward, BCE, backward, SGD update, loss read back)."""
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            float(train_step(self.model, self.opt, self.sched, self.x, self.y))  # the Trainer's step
+            times.append(time.perf_counter() - t0)
+        return times
+
+
 def train_rate(model_name: str, img_size: int, batch: int, iters: int) -> float:
     """Median training images/s over ``iters`` steps (after one warm-up step)."""
-    paddle.seed(0)
-    model = build_model(model_name, 20)
-    model.train()
-    opt, sched = build_optimizer(model, 0.01, 0.9, 1e-4, 100, 0, 4)
-    x = paddle.rand([batch, 3, img_size, img_size])
-    y = paddle.cast(paddle.rand([batch, 20]) > 0.8, "float32")
-    times = []
-    for i in range(iters + 1):
-        t0 = time.perf_counter()
-        loss = train_step(model, opt, sched, x, y)  # the Trainer's step
-        float(loss)
-        if i:
-            times.append(time.perf_counter() - t0)
-    return batch / float(np.median(times))
+    step = PaddleStep(model_name, img_size, batch)
+    step.time_steps(1)
+    return batch / float(np.median(step.time_steps(iters)))
+
+
+def torch_steps(torch_python: str, model_name: str, img_size: int, batch: int, iters: int) -> list[float]:
+    """Seconds of ``iters`` reference steps in PyTorch eager mode (a warm-up step excluded), in a subprocess."""
+    script = Path(__file__).with_name("torch_reference_step.py")
+    cmd = [torch_python, str(script), "--model", model_name, "--img_size", str(img_size), "--batch", str(batch), "--iters", str(iters)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy()).stdout
+    return json.loads(out.strip().splitlines()[-1])["step_s"]
+
+
+def compare_with_torch(torch_python: str, rounds: int, iters: int) -> None:
+    """Print this project's and PyTorch's median step time per setting of ``COMPARED``, alternating round by round."""
+    print(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} cores, paddle {paddle.__version__}, "
+          f"MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset')}, {cpu_name()}")
+    print(f"{'setting':<24}{'batch':>6}{'paddle s/step':>15}{'torch s/step':>14}{'torch/paddle':>14}")
+    for name, size, batch in COMPARED:
+        step = PaddleStep(name, size, batch)
+        step.time_steps(1)
+        ours: list[float] = []
+        theirs: list[float] = []
+        for _ in range(rounds):
+            ours += step.time_steps(iters)
+            theirs += torch_steps(torch_python, name, size, batch, iters)
+        p, t = float(np.median(ours)), float(np.median(theirs))
+        print(f"{name + ' @ ' + str(size):<24}{batch:>6}{p:>15.3f}{t:>14.3f}{t / p:>13.2f}x", flush=True)
+        del step
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (or ``unknown CPU``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def loader_rate(json_path: Path, img_size: int, batch: int, workers: int, batches: int) -> float:
@@ -71,7 +132,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=3, help="timed training steps per setting")
     parser.add_argument("--loader_batches", type=int, default=6, help="timed loader batches per setting")
+    parser.add_argument("--torch_python", default=None, help="a Python with torch: time the PyTorch reference step side by side")
+    parser.add_argument("--rounds", type=int, default=3, help="with --torch_python: alternating rounds of --iters steps each")
     args = parser.parse_args()
+    if args.torch_python:
+        compare_with_torch(args.torch_python, args.rounds, args.iters)
+        return 0
     settings = [("resnet101", 448, 4), ("resnet18", 224, 16), ("resnet18", 64, 8)]  # the last: make demo
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -88,11 +88,30 @@ def unit_interval_float(text: str) -> float:
     return value
 
 
+def ema_decay(text: str) -> float:
+    """argparse type: ``text`` -> an EMA decay, a float strictly between 0 and 1 (``--ema``).
+
+    0 would only copy the weights and 1 would never leave the initial ones, so both are refused.
+    """
+    value = _number(text, float, "a number between 0 and 1 (exclusive), e.g. 0.999")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), e.g. 0.999 or 0.9999, got {text}")
+    return value
+
+
 def momentum_float(text: str) -> float:
     """argparse type: ``text`` -> a float in [0, 1) (SGD momentum; 1 or more never forgets and diverges)."""
     value = _number(text, float, "a number in [0, 1)")
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), e.g. 0.9, got {text}")
+    return value
+
+
+def shift_float(text: str) -> float:
+    """argparse type: ``text`` -> a float in [0, 1) (the ASL probability shift of negatives, 0 = none)."""
+    value = _number(text, float, "a number in [0, 1)")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), e.g. 0.05 (0: no shift), got {text}")
     return value
 
 
@@ -271,6 +290,36 @@ def add_data_args(parser: argparse.ArgumentParser, train: bool = False, batch_si
     group.add_argument("--num_workers", type=non_negative_int, default=None,
                        help=f"data-loader worker processes (default {num_workers}: load in the main process)" if num_workers == 0
                        else f"data-loader worker processes (default {num_workers})")
+    return group
+
+
+def add_loss_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add train.py's loss flags: ``--loss --asl_gamma_neg --asl_gamma_pos --asl_clip --ignore_unknown``.
+
+    The choices of ``--loss`` are the names of the ``engine.losses.LOSSES`` registry (Paddle-free
+    at import); the defaults named in the help are ``engine.config.TrainConfig``'s.
+
+    Args:
+        parser: train.py's parser.
+    Returns:
+        the argument group. Every default is None ("not given"); ``cli.settings.resolve_train``
+        fills them from the resumed run's config.json or ``TrainConfig``.
+    """
+    from engine.config import TrainConfig as T
+    from engine.losses import LOSSES
+
+    group = parser.add_argument_group("loss (default: the reference's BCE)")
+    summaries = "; ".join(f"{name}: {LOSSES.get(name).summary}" for name in LOSSES.names())
+    group.add_argument("--loss", default=None, choices=LOSSES.names(), help=f"training loss. {summaries} (default {T.loss})")
+    group.add_argument("--asl_gamma_neg", type=finite_non_negative_float, default=None,
+                       help=f"--loss asl: focusing exponent of negatives, >= 0 (default {T.asl_gamma_neg:g})")
+    group.add_argument("--asl_gamma_pos", type=finite_non_negative_float, default=None,
+                       help=f"--loss asl: focusing exponent of positives, >= 0 (default {T.asl_gamma_pos:g})")
+    group.add_argument("--asl_clip", type=shift_float, default=None,
+                       help=f"--loss asl: probability shift of negatives, in [0, 1), 0 for none (default {T.asl_clip:g})")
+    group.add_argument("--ignore_unknown", action="store_true", default=None,
+                       help="training targets -1 or 99 are unknown labels: they add no loss (without it such a split is "
+                       "refused); with bce the mean is over the known entries")
     return group
 
 

@@ -34,13 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cli.args import (DEFAULT_TRAIN_SAVE_DIR, finite_non_negative_float, finite_positive_float, image_size, model_fields,
-                      momentum_float, non_negative_int, positive_int, read_run_config, stage_list, unit_interval_float)
+from cli.args import (DEFAULT_TRAIN_SAVE_DIR, ema_decay, finite_non_negative_float, finite_positive_float, image_size,
+                      model_fields, momentum_float, non_negative_int, positive_int, read_run_config, shift_float, stage_list,
+                      unit_interval_float)
 from cli.loading import check_weights_path
 from datasets.config import DEFAULT_DATASET, dataset_defaults, resolve_classes
 from deploy.export import ExportConfig, check_weights_choice
 from deploy.predictor import InferConfig, RuntimeOptions
 from engine.config import TrainConfig
+from engine.losses import LOSSES
 from models.spec import MODEL_NAMES, ModelSettings, canonical_attention
 from utils.errors import UserError
 from utils.logger import get_logger
@@ -102,19 +104,28 @@ _VALUE_TYPES: dict[str, Callable[[str], Any]] = {
     "batch_size": positive_int, "num_workers": non_negative_int, "lr": finite_positive_float, "momentum": momentum_float,
     "w_d": finite_non_negative_float, "warmup_epoch": finite_non_negative_float, "lr_step": positive_int,
     "total_epoch": positive_int, "seed": non_negative_int, "eval_interval": positive_int, "threshold": unit_interval_float,
-    "print_freq": non_negative_int,
+    "print_freq": non_negative_int, "ema": ema_decay,
+    "asl_gamma_neg": finite_non_negative_float, "asl_gamma_pos": finite_non_negative_float, "asl_clip": shift_float,
 }
-_BOOL_KEYS = ("freeze_bn", "amp", "shared_memory")
-_TEXT_KEYS = ("model", "attention", "dataset", "train_json", "test_json", "classes", "pretrained", "device")
+_BOOL_KEYS = ("freeze_bn", "amp", "shared_memory", "ignore_unknown")
+_TEXT_KEYS = ("model", "attention", "dataset", "train_json", "test_json", "classes", "pretrained", "device", "loss")
 _PATH_KEYS = ("train_json", "test_json", "classes", "pretrained")
 
 #: train.py settings a resumed run takes from its config.json (every flag but --resume,
 #: --save_dir and --max_image_pixels, which is a per-invocation safety limit).
 RESUMED_KEYS: tuple[str, ...] = (
+    "ema",
     "model", "num_heads", "lam", "num_cls", "attention", "attention_stages", "img_size", "dataset", "train_json", "test_json",
     "classes", "batch_size", "lr", "momentum", "w_d", "warmup_epoch", "lr_step", "total_epoch", "seed", "freeze_bn", "amp",
     "pretrained", "eval_interval", "threshold", "print_freq", "num_workers", "shared_memory", "device",
+    "loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "ignore_unknown",
 )
+#: the loss flags' defaults: what a run whose config.json predates these flags trained with.
+_LOSS_DEFAULTS: dict[str, Any] = {
+    key: getattr(TrainConfig, key) for key in ("loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "ignore_unknown")
+}
+#: flags whose unset value (None) in the run's config.json is a setting of its own, kept on resume.
+_NONE_IS_A_SETTING: tuple[str, ...] = ("ema",)
 #: flags a resumed run may change: they do not alter what the checkpoint's training computes.
 RESUME_OVERRIDABLE: tuple[str, ...] = (
     "total_epoch", "eval_interval", "print_freq", "num_workers", "shared_memory", "device", "threshold",
@@ -126,6 +137,9 @@ _WHY_FIXED = {
     **dict.fromkeys(("batch_size", "lr", "momentum", "w_d", "warmup_epoch", "lr_step", "seed", "freeze_bn", "amp"),
                     "the checkpoint's optimizer state, LR schedule and data order continue that recipe exactly"),
     "pretrained": "a resumed run takes every weight from its checkpoint; --pretrained only initialises a new run",
+    "ema": "the checkpoint's weight average continues over the whole run; it cannot be started, stopped or changed midway",
+    **dict.fromkeys(("loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "ignore_unknown"),
+                    "the checkpoint was trained with that loss; another loss is another recipe"),
 }
 
 
@@ -172,6 +186,8 @@ def _check_run_value(key: str, value: Any, path: Path) -> Any:
                 raise ValueError("not a string")
             if key == "device" and value not in ("auto", "cpu", "gpu"):
                 raise ValueError("not auto, cpu or gpu")
+            if key == "loss" and value not in LOSSES.names():
+                raise ValueError(f"not one of {', '.join(LOSSES.names())}")
             return value
     except (ValueError, argparse.ArgumentTypeError) as exc:
         problem = str(exc).split(", got ")[0]
@@ -195,7 +211,9 @@ def _same_value(key: str, a: Any, b: Any) -> bool:
 
 
 def _flag_text(key: str, value: Any) -> str:
-    """``--key value`` as a user would type it."""
+    """``--key value`` as a user would type it (``no --key`` for an unset option such as ``--ema``)."""
+    if value is None:
+        return f"no --{key}"
     if isinstance(value, bool):
         if key == "shared_memory":
             return "--shared_memory" if value else "--no-shared_memory"
@@ -222,6 +240,9 @@ def _restore_run(given: dict[str, Any], folder: Path) -> dict[str, Any]:
         return dict(given)
     raw = read_run_config(str(folder / "last.pdparams"))  # JSON and model-field checks, errors name the file
     run = {key: _check_run_value(key, raw[key], path) for key in RESUMED_KEYS if key in raw}
+    for key, default in _LOSS_DEFAULTS.items():  # runs from before the loss flags trained with the defaults
+        run.setdefault(key, default)
+    run.setdefault("ema", None)  # runs from before --ema had none
     if "lr_step" in run and run["lr_step"] is None:  # older runs recorded an unset --lr_step: the dataset's was used
         run["lr_step"] = dataset_defaults(run.get("dataset") or DEFAULT_DATASET).step_epochs
     values = dict(given)
@@ -232,7 +253,7 @@ def _restore_run(given: dict[str, Any], folder: Path) -> dict[str, Any]:
             if run_value is not None:
                 restored.append(f"{key} {','.join(map(str, run_value)) if isinstance(run_value, list) else run_value}")
             continue
-        if run_value is None or _same_value(key, given[key], run_value):
+        if (run_value is None and key not in _NONE_IS_A_SETTING) or _same_value(key, given[key], run_value):
             continue
         if key in RESUME_OVERRIDABLE:
             overridden.append(f"{key} {run_value} -> {given[key]}")
@@ -259,7 +280,8 @@ def resolve_train(args: argparse.Namespace) -> TrainConfig:
         the frozen ``TrainConfig`` (class names read, ``lr_step`` and the split paths resolved).
     Raises:
         UserError: a refused change on resume, ``--save_dir`` other than the resumed folder, a
-            missing split file, no class names, ``--num_cls`` not matching them, an unknown model.
+            missing split file, no class names, ``--num_cls`` not matching them, an unknown model,
+            ``--asl_*`` flags without ``--loss asl``.
     """
     given = given_flags(args)
     for key in ("max_image_pixels", "resume", "save_dir"):
@@ -289,6 +311,10 @@ def resolve_train(args: argparse.Namespace) -> TrainConfig:
             raise UserError(f"{flag} {path} not found; prepare the dataset first (see README: Preparing datasets) or pass {flag}")
     classes, source = resolve_classes(dataset, values.get("classes"), train_json)
     num_classes = check_num_classes(values.get("num_cls"), classes, source)
+    loss = pick("loss", TrainConfig.loss)
+    stray = [f"--{key}" for key in ("asl_gamma_neg", "asl_gamma_pos", "asl_clip") if key in given]
+    if stray and loss != "asl":
+        raise UserError(f"{', '.join(stray)} only apply to --loss asl but the loss is {loss}; add --loss asl or drop them")
     return TrainConfig(
         model=model_settings(model_fields(values), num_classes), dataset=dataset, train_json=str(train_json),
         test_json=str(test_json), classes=tuple(classes), save_dir=str(save_dir),
@@ -297,10 +323,14 @@ def resolve_train(args: argparse.Namespace) -> TrainConfig:
         weight_decay=float(pick("w_d", TrainConfig.weight_decay)),
         warmup_epochs=float(pick("warmup_epoch", TrainConfig.warmup_epochs)),
         lr_step=pick("lr_step", defaults.step_epochs), seed=pick("seed", TrainConfig.seed),
+        loss=loss, asl_gamma_neg=float(pick("asl_gamma_neg", TrainConfig.asl_gamma_neg)),
+        asl_gamma_pos=float(pick("asl_gamma_pos", TrainConfig.asl_gamma_pos)),
+        asl_clip=float(pick("asl_clip", TrainConfig.asl_clip)),
+        ignore_unknown=pick("ignore_unknown", TrainConfig.ignore_unknown),
         eval_interval=pick("eval_interval", TrainConfig.eval_interval), threshold=float(pick("threshold", TrainConfig.threshold)),
         print_freq=pick("print_freq", TrainConfig.print_freq), num_workers=pick("num_workers", TrainConfig.num_workers),
         shared_memory=pick("shared_memory", TrainConfig.shared_memory), freeze_bn=pick("freeze_bn", TrainConfig.freeze_bn),
-        amp=pick("amp", TrainConfig.amp), device=pick("device", TrainConfig.device),
+        amp=pick("amp", TrainConfig.amp), ema=pick("ema", TrainConfig.ema), device=pick("device", TrainConfig.device),
         pretrained=values.get("pretrained"), resume=resume, classes_file=values.get("classes"),
     )
 

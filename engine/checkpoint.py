@@ -1,22 +1,26 @@
 """Training checkpoints: verifiably whole, crash-safe, resumable, with the RNG state.
 
-A checkpoint set named ``<tag>`` (``last`` or ``interrupted``) in ``save_dir`` is four files:
+A checkpoint set named ``<tag>`` (``last`` or ``interrupted``) in ``save_dir`` is four files (five with ``--ema``):
 
 - ``<tag>.pdparams``: the model state dict only (loadable by ``--pretrained``/``--load_from``);
 - ``<tag>.pdopt``:    ``{"optimizer": optimizer state (incl. the LR schedule), "stamp": ...}``;
 - ``<tag>.pdstates``: ``{"epoch", "iteration", "best_map", "best_epoch", "rng", "config", "stamp", ...}``;
-- ``<tag>.manifest.json``: written last; size and SHA-256 of the three files, the save's
+- ``<tag>.ema.pdparams`` (only in runs with ``--ema``): the EMA weights, a state dict with
+  the keys of ``<tag>.pdparams`` (loadable the same way); the EMA's update count is in
+  ``<tag>.pdstates`` (``"ema"``);
+- ``<tag>.manifest.json``: written last; size and SHA-256 of the other files, the save's
   ``stamp`` and time, epoch and iteration. A set is *whole* when its manifest exists and
-  every file matches it; the manifest is removed before any file of the set is replaced.
+  every file it lists matches it; the manifest is removed before any file of the set is replaced.
 
 Saving (``save_checkpoint``), so that a SIGKILL at any instant leaves a whole set:
 
-1. the three files and the manifest are written to temporaries (``.<name>.<8 chars>.tmp``)
+1. the files and the manifest are written to temporaries (``.<name>.<8 chars>.tmp``)
    and fsynced: nothing visible has changed, and a full disk fails here;
 2. if ``<tag>`` is whole, it is duplicated as ``<tag>-prev.*`` (hard links, no data
    copied; the ``-prev`` manifest last): two whole sets;
 3. ``<tag>.manifest.json`` is removed: ``<tag>`` is now incomplete, ``<tag>-prev`` whole;
-4. the temporaries are renamed to ``<tag>.pdparams/.pdopt/.pdstates``, then the manifest;
+4. the temporaries are renamed to ``<tag>.pdparams/.pdopt/.pdstates`` (and ``.ema.pdparams``;
+   one left from an earlier save without it is removed), then the manifest;
 5. ``<tag>`` is whole again (the new save): ``<tag>-prev`` is removed (its manifest first).
 
 Resuming (``find_resume_checkpoint``) picks the newest whole set among ``interrupted``,
@@ -44,7 +48,9 @@ from utils.paddle_io import load_paddle, restore_generator_state
 
 log = get_logger("checkpoint")
 
-SUFFIXES = (".pdparams", ".pdopt", ".pdstates")
+SUFFIXES = (".pdparams", ".pdopt", ".pdstates")  # every set has them
+EMA_SUFFIX = ".ema.pdparams"
+EXTRA_SUFFIXES = (EMA_SUFFIX,)  # files a set may have; the manifest lists those it has
 MANIFEST = ".manifest.json"
 PREV = "-prev"
 RESUME_TAGS = ("interrupted", "last")
@@ -105,15 +111,22 @@ def read_manifest(stem: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def _looks_whole(stem: Path) -> bool:
-    """Cheap check used while saving: the manifest is there and the file sizes match it."""
+def listed_suffixes(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The files of a set by its manifest: ``SUFFIXES`` and the ``EXTRA_SUFFIXES`` it lists."""
+    return (*SUFFIXES, *(s for s in EXTRA_SUFFIXES if s in manifest["files"]))
+
+
+def _whole_files(stem: Path) -> tuple[str, ...] | None:
+    """Cheap check used while saving: the suffixes of set ``stem`` when its manifest is there
+    and the file sizes match it, else None."""
     manifest = read_manifest(stem)
     if manifest is None:
-        return False
+        return None
     try:
-        return all(set_file(stem, s).stat().st_size == manifest["files"][s]["size"] for s in SUFFIXES)
+        suffixes = listed_suffixes(manifest)
+        return suffixes if all(set_file(stem, s).stat().st_size == manifest["files"][s]["size"] for s in suffixes) else None
     except (OSError, KeyError, TypeError):
-        return False
+        return None
 
 
 def check_set(stem: Path) -> tuple[dict[str, Any] | None, str]:
@@ -132,7 +145,7 @@ def check_set(stem: Path) -> tuple[dict[str, Any] | None, str]:
     manifest = read_manifest(stem)
     if manifest is None:
         return None, f"{manifest_path.name} is unreadable or not a checkpoint manifest"
-    for suffix in SUFFIXES:
+    for suffix in listed_suffixes(manifest):
         path = set_file(stem, suffix)
         expected = manifest["files"].get(suffix)
         if not isinstance(expected, dict):
@@ -155,6 +168,9 @@ def _remove_set(stem: Path) -> None:
     set_file(stem, MANIFEST).unlink(missing_ok=True)
     for suffix in SUFFIXES:
         set_file(stem, suffix).unlink(missing_ok=True)
+    for suffix in EXTRA_SUFFIXES:
+        if set_file(stem, suffix).exists():
+            set_file(stem, suffix).unlink(missing_ok=True)
 
 
 def remove_checkpoint(save_dir: str | os.PathLike, tag: str) -> None:
@@ -171,6 +187,7 @@ def save_checkpoint(
     model: paddle.nn.Layer,
     optimizer: paddle.optimizer.Optimizer,
     states: dict[str, Any],
+    extra_files: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint set ``<tag>`` (see the module docstring for the crash-safe order).
 
@@ -180,6 +197,9 @@ def save_checkpoint(
         model: the (unwrapped) model.
         optimizer: its optimizer (its state includes the LR scheduler's).
         states: training progress (epoch, iteration, best metric, config...).
+        extra_files: ``{suffix of EXTRA_SUFFIXES: object for paddle.save}``, e.g.
+            ``{EMA_SUFFIX: ema_weights}``; written, verified and kept with the set like its
+            other files. None or {}: a set without them.
     Returns:
         the ``<tag>.pdparams`` path.
     Raises:
@@ -190,10 +210,15 @@ def save_checkpoint(
     stem, prev = folder / tag, folder / f"{tag}{PREV}"
     saved_ns = time.time_ns()
     stamp = f"{saved_ns}-{os.getpid()}"
+    extra_files = dict(extra_files or {})
+    unknown = sorted(set(extra_files) - set(EXTRA_SUFFIXES))
+    if unknown:
+        raise ValueError(f"unknown checkpoint files {unknown}; a set may have {list(EXTRA_SUFFIXES)}")
     payloads = {
         ".pdparams": model.state_dict(),
         ".pdopt": {"optimizer": optimizer.state_dict(), "stamp": stamp},
         ".pdstates": {**states, "rng": rng_state(), "stamp": stamp},
+        **{suffix: extra_files[suffix] for suffix in EXTRA_SUFFIXES if suffix in extra_files},
     }
     temps: dict[str, Path] = {}
     try:
@@ -210,17 +235,21 @@ def save_checkpoint(
         }
         temps[MANIFEST] = _write_manifest_temp(stem, manifest)
         # 2. keep the current whole set as <tag>-prev while <tag> is replaced
-        if _looks_whole(stem):
+        current = _whole_files(stem)
+        if current is not None:
             set_file(prev, MANIFEST).unlink(missing_ok=True)
-            for suffix in (*SUFFIXES, MANIFEST):  # manifest last: -prev is whole only when complete
+            for suffix in (*current, MANIFEST):  # manifest last: -prev is whole only when complete
                 copy_atomic(set_file(stem, suffix), set_file(prev, suffix))
             fsync_dir(folder)
         # 3. retire <tag>'s manifest before touching its files
         set_file(stem, MANIFEST).unlink(missing_ok=True)
         fsync_dir(folder)
         # 4. the new files, then the manifest that makes them a whole set
-        for suffix in SUFFIXES:
+        for suffix in payloads:
             os.replace(temps.pop(suffix), set_file(stem, suffix))
+        for suffix in EXTRA_SUFFIXES:
+            if suffix not in payloads and set_file(stem, suffix).exists():  # left by an earlier save that had it
+                set_file(stem, suffix).unlink(missing_ok=True)
         fsync_dir(folder)
         os.replace(temps.pop(MANIFEST), set_file(stem, MANIFEST))
         fsync_dir(folder)
@@ -246,7 +275,7 @@ class _Candidate:
 
 def _stem_of(path: Path) -> Path:
     name = path.name
-    for suffix in (MANIFEST, *SUFFIXES):
+    for suffix in (MANIFEST, *EXTRA_SUFFIXES, *SUFFIXES):  # ".ema.pdparams" before ".pdparams"
         if name.endswith(suffix):
             return path.parent / name[: -len(suffix)]
     return path
@@ -274,7 +303,7 @@ def find_resume_checkpoint(path: str | os.PathLike) -> Path:
         tags = [p / tag for tag in RESUME_TAGS]
     else:
         stem = _stem_of(p)
-        if not any(set_file(s, x).is_file() for s in (stem, Path(f"{stem}{PREV}")) for x in (*SUFFIXES, MANIFEST)):
+        if not any(set_file(s, x).is_file() for s in (stem, Path(f"{stem}{PREV}")) for x in (*SUFFIXES, *EXTRA_SUFFIXES, MANIFEST)):
             raise UserError(f"cannot resume from {p}: no checkpoint set {stem}.pdparams/.pdopt/.pdstates/{MANIFEST} "
                             "found (pass the --save_dir of a training run, or one of its last.*/interrupted.* files)")
         tags = [stem]
@@ -325,3 +354,40 @@ def load_checkpoint(stem: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
             or not opt.get("stamp") == states.get("stamp") == manifest.get("stamp"):
         raise UserError(f"checkpoint {stem}.* files come from different saves; resume from another checkpoint")
     return params, opt["optimizer"], states
+
+
+def load_checkpoint_file(stem: Path, suffix: str) -> Any | None:
+    """Read file ``suffix`` (one of ``EXTRA_SUFFIXES``) of the whole checkpoint set ``stem``.
+
+    Args:
+        stem: a set found by ``find_resume_checkpoint`` (e.g. ``run/last``).
+        suffix: e.g. ``EMA_SUFFIX``.
+    Returns:
+        what was saved (tensors as ``paddle.Tensor``), or None when the set's manifest does
+        not list the file (the set was saved without it).
+    Raises:
+        UserError: the manifest is missing or unreadable, or the file is missing, does not
+            match its size and SHA-256 in the manifest, or cannot be read.
+    """
+    stem = _stem_of(Path(stem))
+    manifest = read_manifest(stem)
+    if manifest is None:
+        raise UserError(f"checkpoint {stem}.* is incomplete: {set_file(stem, MANIFEST).name} is missing or unreadable; "
+                        "resume from another checkpoint")
+    expected = manifest["files"].get(suffix)
+    if expected is None:
+        return None
+    path = set_file(stem, suffix)
+    try:
+        actual = _digest(path)
+    except OSError as exc:
+        raise UserError(f"cannot read checkpoint file {path}: {describe_os_error(exc)}") from None
+    if not isinstance(expected, dict) or actual != {"size": expected.get("size"), "sha256": expected.get("sha256")}:
+        raise UserError(f"{path.name} does not match its size and SHA-256 in {set_file(stem, MANIFEST).name} "
+                        "(from another save, or damaged); resume from another checkpoint")
+    try:
+        return load_paddle(path, return_numpy=False)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot read checkpoint file {path}: {exc}") from None

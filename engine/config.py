@@ -40,6 +40,10 @@ class TrainConfig:
         momentum, weight_decay: SGD momentum and L2 weight decay.
         warmup_epochs: linear warm-up length in epochs (fractions allowed, 0 = none).
         lr_step: epochs between x0.1 decays; None = the dataset's (4 voc07/demo/custom, 5 coco/wider).
+        loss: ``--loss``, a name of ``engine.losses.LOSSES``: ``bce`` (the reference) or ``asl``.
+        asl_gamma_neg, asl_gamma_pos, asl_clip: the Asymmetric Loss's focusing exponents of
+            negatives / positives and probability shift of negatives (its published 4, 0, 0.05).
+        ignore_unknown: targets -1/99 of the training split are unknown labels and add no loss.
         seed: seed of initialisation, shuffling and augmentation.
         eval_interval: evaluate every N epochs and after the last.
         threshold: score threshold of CP/CR/CF1/OP/OR/OF1.
@@ -47,6 +51,8 @@ class TrainConfig:
         num_workers, shared_memory: data-loader processes and their /dev/shm use.
         freeze_bn: BatchNorm in inference mode while training.
         amp: mixed precision (GPU only).
+        ema: decay of an exponential moving average of the weights (``engine.ema``), in (0, 1),
+            which is evaluated, saved as best.pdparams and checkpointed; None = off (the reference).
         device: ``auto``, ``cpu`` or ``gpu`` (``Trainer.from_config`` selects it).
         pretrained: initial weights (path, URL or ``imagenet``); not loaded when resuming.
         resume: a save_dir or checkpoint file to continue, or None.
@@ -66,6 +72,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 2.0
     lr_step: int | None = None
+    loss: str = "bce"
+    asl_gamma_neg: float = 4.0
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
+    ignore_unknown: bool = False
     seed: int = 0
     eval_interval: int = 1
     threshold: float = 0.5
@@ -74,6 +85,7 @@ class TrainConfig:
     shared_memory: bool = True
     freeze_bn: bool = False
     amp: bool = False
+    ema: float | None = None
     device: str = "auto"
     pretrained: str | None = None
     resume: str | None = None

@@ -4,10 +4,16 @@ The reference recipe: BCE-with-logits (mean over B x C); SGD momentum 0.9 with w
 decay on all parameters; classifier parameters at 10x the learning rate; per-iteration
 linear warm-up from 0 over ``warmup_epoch`` epochs; x0.1 every 4 (voc07) or 5 (coco,
 wider) epochs; flip + RandomResizedCrop(0.7-1.0) + resize; pixels scaled to [0, 1].
+Other losses (``--loss asl``) and label masking (``--ignore_unknown``) come from
+``engine.losses``; the default stays the reference's BCE. With ``--ema`` (``engine.ema``)
+the evaluations score a moving average of the weights, best.pdparams holds it and every
+checkpoint set carries it; without it nothing of the recipe changes.
 
 Files written to ``save_dir`` (rank 0 only): ``last.*`` and ``interrupted.*`` checkpoint
 sets (see ``engine.checkpoint``), ``best.pdparams`` + ``best.json`` (highest mAP so far),
-``metrics.jsonl`` (one row per epoch), ``classes.txt`` and ``config.json``. Rank 0 checks the
+``metrics.jsonl`` (one row per epoch), ``classes.txt``, ``config.json`` and ``train.log`` (what
+the run prints and logs, appended to on resume; not written when stdout or stderr already
+goes to that file). Progress lines: ``engine.progress``. Rank 0 checks the
 folder is writable and holds its run lock (``.lock``, see ``utils.fileio.lock_run_dir``) from
 the start to the end of the run; write errors (disk full...) stop the run with a UserError
 that keeps the previous checkpoint. SIGINT and SIGTERM save ``interrupted.*`` after the
@@ -24,10 +30,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import signal
 import time
-from contextlib import contextmanager
+import traceback
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,14 +51,18 @@ from datasets.config import dataset_defaults, label_policy
 from datasets.dataset import MultiLabelDataset
 from datasets.loader import make_loader
 from datasets.samplers import SeededBatchSampler, ShardedBatchSampler
-from engine.checkpoint import find_resume_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint, set_rng_state
+from engine.checkpoint import (EMA_SUFFIX, find_resume_checkpoint, load_checkpoint, load_checkpoint_file, remove_checkpoint,
+                               save_checkpoint, set_rng_state)
 from engine.config import TrainConfig
+from engine.ema import ModelEMA
 from engine.device import select_device
 from utils.errors import UserError
 from utils.fileio import (RunLock, atomic_paddle_save, atomic_write_json, atomic_write_text, clean_stale_temps, describe_os_error,
                           lock_run_dir, prepare_output_dir)
-from utils.logger import get_logger
+from utils.logger import attach_log_file, detach_log_file, get_logger, record_in_log_files
 from engine.lr import WarmupStepDecay
+from engine.losses import UNKNOWN_VALUES, LossFn, build_loss
+from engine.progress import ProgressLog, echo
 from evaluation.metrics import evaluate, format_reference_lines
 from engine.scoring import predict_scores
 
@@ -162,14 +174,30 @@ def build_optimizer(
     return optimizer, scheduler
 
 
-def check_binary_targets(dataset: MultiLabelDataset) -> None:
-    """Training targets must be 0/1 (a test split with -1/99 labels is refused)."""
-    bad = np.setdiff1d(np.unique(dataset.targets), [0.0, 1.0])
-    if bad.size:
+def check_binary_targets(dataset: MultiLabelDataset, ignore_unknown: bool = False) -> None:
+    """Training targets must be 0/1, or also -1/99 (unknown labels) with ``ignore_unknown``.
+
+    Args:
+        dataset: the training split (targets float32 [N, C]).
+        ignore_unknown: accept ``engine.losses.UNKNOWN_VALUES`` (the loss leaves them out).
+    Raises:
+        UserError: other values, naming them, the file and the fix (a test split, or --ignore_unknown).
+    """
+    allowed = [0.0, 1.0, *UNKNOWN_VALUES] if ignore_unknown else [0.0, 1.0]
+    bad = np.setdiff1d(np.unique(dataset.targets), allowed)
+    if not bad.size:
+        return
+    if ignore_unknown:
         raise UserError(
-            f"training labels in {dataset.json_path} must be 0/1 but contain {bad.tolist()}: "
-            "is this a test split? Train on the trainval/train JSON"
+            f"training labels in {dataset.json_path} must be 0/1, or -1/99 for unknown with --ignore_unknown, but contain "
+            f"{bad.tolist()}: is this a test split? Train on the trainval/train JSON"
         )
+    hint = (" If -1/99 mark unknown labels (a partially labelled split), pass --ignore_unknown to leave them out of the loss"
+            if set(bad.tolist()) <= set(UNKNOWN_VALUES) else "")
+    raise UserError(
+        f"training labels in {dataset.json_path} must be 0/1 but contain {bad.tolist()}: "
+        f"is this a test split? Train on the trainval/train JSON.{hint}"
+    )
 
 
 def _is_main() -> bool:
@@ -183,32 +211,37 @@ def train_step(
     images: paddle.Tensor,
     targets: paddle.Tensor,
     scaler: paddle.amp.GradScaler | None = None,
+    loss_fn: LossFn | None = None,
 ) -> paddle.Tensor:
     """One step of the reference recipe, the one ``Trainer`` runs for every batch.
 
-    BCE-with-logits (mean over the B x C logits), backward, ``optimizer.step()``,
-    ``optimizer.clear_grad()``, ``scheduler.step()`` (the schedule counts iterations).
+    The loss (default: BCE-with-logits, mean over the B x C logits), backward,
+    ``optimizer.step()``, ``optimizer.clear_grad()``, ``scheduler.step()`` (the schedule
+    counts iterations).
 
     Args:
         model: images -> logits [B, C], in train mode (or its ``paddle.DataParallel`` wrapper).
         optimizer: e.g. the first result of :func:`build_optimizer`.
         scheduler: the optimizer's LR schedule, stepped once per call; None if it has none.
         images: float32 [B, 3, S, S].
-        targets: float32 [B, C] of 0/1.
+        targets: float32 [B, C] of 0/1 (and -1/99 for a loss built with ``ignore_unknown``).
         scaler: a ``paddle.amp.GradScaler`` for mixed precision (the forward pass runs under
             ``paddle.amp.auto_cast``, the loss in float32), or None for float32.
+        loss_fn: ``(logits float32 [B, C], targets float32 [B, C]) -> scalar``, e.g.
+            ``engine.losses.build_loss(config)``; None: ``F.binary_cross_entropy_with_logits``.
     Returns:
         the step's loss, a float32 scalar tensor (computed before the update).
     """
+    criterion = F.binary_cross_entropy_with_logits if loss_fn is None else loss_fn
     if scaler is not None:
         with paddle.amp.auto_cast():
             logits = model(images)
-        loss = F.binary_cross_entropy_with_logits(logits.astype("float32"), targets)
+        loss = criterion(logits.astype("float32"), targets)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss = F.binary_cross_entropy_with_logits(model(images), targets)
+        loss = criterion(model(images), targets)
         loss.backward()
         optimizer.step()
     optimizer.clear_grad()
@@ -288,9 +321,13 @@ class Trainer:
         self.save_dir = Path(config.save_dir)
         self.checkpoint_dir: Path | None = None  # where a whole checkpoint of this run is (for messages)
         self._lock: RunLock | None = run_lock
+        self._log_file: logging.Handler | None = None
         try:
             if self.rank == 0 and self._lock is None:  # before any training work: a bad or busy folder fails at once
                 self._lock = claim_save_dir(self.save_dir)
+            if self.rank == 0:
+                with self._writing("train.log"):
+                    self._log_file = attach_log_file(self.save_dir / "train.log")
             self._setup(model, train_loader, test_loader, optimizer, scheduler)
         except BaseException:
             self.close()
@@ -327,7 +364,7 @@ class Trainer:
             classes = list(config.classes)
             img_size = config.model.img_size
             train_set = MultiLabelDataset(config.train_json, defaults.train_transform(img_size), classes=classes, seed=config.seed)
-            check_binary_targets(train_set)
+            check_binary_targets(train_set, ignore_unknown=config.ignore_unknown)
             test_set = MultiLabelDataset(config.test_json, defaults.test_transform(img_size), classes=classes)
             if len(train_set) < config.batch_size and len(train_set) < world:
                 raise UserError(f"{config.train_json} has only {len(train_set)} images")
@@ -349,7 +386,9 @@ class Trainer:
             raise
 
     def close(self) -> None:
-        """Release the run lock of ``save_dir`` (idempotent)."""
+        """Close ``save_dir/train.log`` and release the run lock of ``save_dir`` (idempotent)."""
+        handler, self._log_file = self._log_file, None
+        detach_log_file(handler)
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
@@ -374,11 +413,14 @@ class Trainer:
         self.test_targets = np.asarray(test_loader.dataset.targets) if test_loader is not None else None
         self.policy = label_policy(config.dataset, bool((self.test_targets == -1).any())) if self.test_targets is not None else None
         self.step_epochs = config.lr_step or dataset_defaults(config.dataset).step_epochs
+        self.loss_fn = build_loss(config, world_size=self.world)
         if optimizer is None:
             optimizer, scheduler = build_optimizer(
                 model, config.lr, config.momentum, config.weight_decay, self.iters_per_epoch, config.warmup_epochs, self.step_epochs
             )
         self.optimizer, self.scheduler = optimizer, scheduler
+        # every process keeps the EMA (the weights are the same on all): resume stays symmetric
+        self.ema = ModelEMA(model, config.ema) if config.ema is not None else None
         self.state = TrainState()
         if config.resume:
             self._resume(config.resume)
@@ -401,15 +443,36 @@ class Trainer:
         if states.get("iters_per_epoch") not in (None, self.iters_per_epoch):
             log.warning("batches per epoch changed since the checkpoint (%s -> %d): the LR schedule continues by iteration count",
                         states.get("iters_per_epoch"), self.iters_per_epoch)
+        if self.ema is not None:
+            self._resume_ema(stem, states)
         self.checkpoint_dir = stem.parent
         log.info("resumed from %s: %d epoch(s) done%s", stem, self.state.epoch,
                  f", {self.state.iteration} batch(es) into epoch {self.state.epoch + 1}" if self.state.iteration else "")
 
+    def _resume_ema(self, stem: Path, states: dict[str, Any]) -> None:
+        """Restore the EMA (shadow weights and update count) saved with checkpoint set ``stem``."""
+        assert self.ema is not None
+        shadow = load_checkpoint_file(stem, EMA_SUFFIX)
+        recorded = states.get("ema")
+        if shadow is None or not isinstance(recorded, dict):
+            raise UserError(
+                f"this run averages its weights (--ema {self.ema.decay:g}) but checkpoint {stem}.* has no EMA weights "
+                f"({stem.name}{EMA_SUFFIX}): it was saved without --ema, and an average cannot start midway. Resume it "
+                f"with the settings it was saved with, or start a new run with --ema and --pretrained {stem}.pdparams")
+        if float(recorded.get("decay", -1.0)) != self.ema.decay:
+            raise UserError(f"checkpoint {stem}.* averaged its weights with --ema {recorded.get('decay')}, not "
+                            f"--ema {self.ema.decay:g}; resume with the run's --ema")
+        try:
+            self.ema.set_state_dict({"updates": recorded.get("updates"), "shadow": shadow})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UserError(f"checkpoint file {stem}{EMA_SUFFIX} does not fit the model: {exc}") from None
+
     def _states(self) -> dict[str, Any]:
+        ema = {"ema": {"decay": self.ema.decay, "updates": self.ema.updates}} if self.ema is not None else {}
         return {
             "epoch": self.state.epoch, "iteration": self.state.iteration, "best_map": self.state.best_map,
             "best_epoch": self.state.best_epoch, "iters_per_epoch": self.iters_per_epoch,
-            "config": getattr(self.model, "config", {}), "classes": self.classes,
+            "config": getattr(self.model, "config", {}), "classes": self.classes, **ema,
         }
 
     # ------------------------------------------------------------------ run
@@ -474,8 +537,10 @@ class Trainer:
         start = time.perf_counter()
         lr = self.optimizer.get_lr()  # reported: the lr of the epoch's last step
         bar = tqdm(total=n_batches, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if _is_main() else True, leave=False)
+        progress = ProgressLog(epoch + 1, n_batches, n_images, config.batch_size, start_batch=skip, print_freq=config.print_freq,
+                               heartbeat=_is_main())
         for it, (images, targets) in enumerate(batches, start=skip):
-            t0 = time.perf_counter()
+            progress.loaded()
             lr = self.optimizer.get_lr()
             loss = self._step(images, targets)
             value = self._global_mean(loss)
@@ -486,13 +551,13 @@ class Trainer:
                 )
             losses.append(value)
             seen += int(images.shape[0]) * self.world
+            progress.finished(int(images.shape[0]) * self.world)
             self.state.iteration = it + 1
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.5f}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
             bar.update(1)
-            if _is_main() and config.print_freq and it % config.print_freq == 0:
-                done = min((it + 1) * config.batch_size, n_images)
-                tqdm.write(f"Epoch {epoch + 1}[{done}/{n_images}]: loss:{value:.5f}, lr:{lr:.5f}, time:{time.perf_counter() - t0:.4f}")
+            if _is_main() and progress.due(it):
+                echo(progress.line(it, value, lr))
             if self._sync_stop(stop.requested) and self.state.iteration < n_batches:
                 bar.close()
                 return None
@@ -521,10 +586,14 @@ class Trainer:
         return f"the last good checkpoint stays in {self.checkpoint_dir} (resume with --resume {self.checkpoint_dir})"
 
     def _step(self, images: paddle.Tensor, targets: paddle.Tensor) -> paddle.Tensor:
-        return train_step(self.net, self.optimizer, self.scheduler, images, targets, self.scaler)
+        loss = train_step(self.net, self.optimizer, self.scheduler, images, targets, self.scaler, loss_fn=self.loss_fn)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss
 
     def _global_mean(self, loss: paddle.Tensor) -> float:
-        """The batch loss over all processes (each process holds the mean over its share)."""
+        """The batch loss over all processes (each holds its share's: a mean, or a sum times the
+        process count, see ``engine.losses.build_loss``)."""
         if self.world == 1:
             return float(loss)
         total = loss.detach().clone()
@@ -541,15 +610,20 @@ class Trainer:
     def _evaluate(self, epoch: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if _is_main():
-            scores = predict_scores(self.model, self.test_loader, desc=f"eval epoch {epoch}")
-            result = evaluate(scores, self.test_targets, policy=self.policy, threshold=self.config.threshold, class_names=self.classes)
-            metrics = {"map": result.map, "cf1": result.cf1, "of1": result.of1, "cp": result.cp, "cr": result.cr, "op": result.op, "or": result.or_}
-            print(f"Test on Epoch {epoch}\n{format_reference_lines(result)}", flush=True)
-            if result.map > self.state.best_map:
-                self.state.best_map, self.state.best_epoch = float(result.map), epoch
-                with self._writing("best.pdparams and best.json"):
-                    atomic_paddle_save(self.model.state_dict(), self.save_dir / "best.pdparams")
-                    atomic_write_json(self.save_dir / "best.json", {"epoch": epoch, **metrics, **self._model_info()}, indent=2)
+            # with --ema the EMA weights are evaluated and become best.pdparams; the trained
+            # weights are put back exactly afterwards
+            with self.ema.applied_to(self.model) if self.ema is not None else nullcontext():
+                scores = predict_scores(self.model, self.test_loader, desc=f"eval epoch {epoch}")
+                result = evaluate(scores, self.test_targets, policy=self.policy, threshold=self.config.threshold, class_names=self.classes)
+                metrics = {"map": result.map, "cf1": result.cf1, "of1": result.of1, "cp": result.cp, "cr": result.cr, "op": result.op, "or": result.or_}
+                echo(f"Test on Epoch {epoch}\n{format_reference_lines(result)}")
+                if result.map > self.state.best_map:
+                    self.state.best_map, self.state.best_epoch = float(result.map), epoch
+                    ema = {"ema": self.ema.decay} if self.ema is not None else {}
+                    with self._writing("best.pdparams and best.json"):
+                        atomic_paddle_save(self.model.state_dict(), self.save_dir / "best.pdparams")
+                        atomic_write_json(self.save_dir / "best.json", {"epoch": epoch, **metrics, **self._model_info(), **ema},
+                                          indent=2)
         if self.world > 1:
             dist.barrier()
         return metrics
@@ -562,7 +636,8 @@ class Trainer:
 
     def _save(self, tag: str) -> Path:
         """Save checkpoint set ``tag`` (rank 0), then drop temporaries that killed saves left behind."""
-        path = save_checkpoint(self.save_dir, tag, self.model, self.optimizer, self._states())
+        extra = {EMA_SUFFIX: self.ema.state_dict()["shadow"]} if self.ema is not None else None
+        path = save_checkpoint(self.save_dir, tag, self.model, self.optimizer, self._states(), extra_files=extra)
         self.checkpoint_dir = self.save_dir
         clean_stale_temps(self.save_dir)  # safe: this process holds the folder's run lock
         return path
@@ -620,5 +695,11 @@ def train(config: TrainConfig) -> TrainState:
     trainer = Trainer.from_config(config)
     try:
         return trainer.run()
+    except UserError as exc:  # the caller reports it on the console once the run file is closed
+        record_in_log_files(f"error: {exc}")
+        raise
+    except Exception:
+        record_in_log_files(traceback.format_exc().rstrip())
+        raise
     finally:
         trainer.close()

@@ -17,17 +17,32 @@ LR_STEP=${DEMO_LR_STEP:-3}          # x0.1 for the last epoch
 WARMUP=${DEMO_WARMUP:-0.25}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 
+# how long each step took, printed after the step and again at the end
+DEMO_START=$SECONDS
+STEP_START=$SECONDS
+TIMES=()
+done_step() {  # done_step NAME
+    local took=$((SECONDS - STEP_START))
+    TIMES+=("$(printf '%-28s %4d s' "$1" "$took")")
+    echo "   ($1 took ${took} s)"
+    STEP_START=$SECONDS
+}
+
 echo "== 1/5 generating ${NUM_IMAGES} synthetic images in ${DATA}"
 "$PY" -m datasets.make_demo --out "$DATA" --num_images "$NUM_IMAGES" --test_images "$TEST_IMAGES" --img_size "$GEN_SIZE" --seed 0
 echo "== 2/5 preparing the JSON splits"
+done_step "generating data"
 "$PY" datasets/prepare_voc.py --data_path "$DATA/VOCdevkit" --classes "$DATA/classes.txt" --out_dir "$DATA"
+done_step "preparing splits"
 echo "== 3/5 training resnet18 + CSRA for ${EPOCHS} epochs at ${IMG_SIZE}px (CPU)"
 rm -rf "$OUT"
 "$PY" train.py --dataset demo --train_json "$DATA/trainval_voc07.json" --test_json "$DATA/test_voc07.json" \
     --model resnet18 --num_heads 1 --lam 0.1 --img_size "$IMG_SIZE" --batch_size "$BATCH" --lr "$LR" \
     --lr_step "$LR_STEP" --warmup_epoch "$WARMUP" --total_epoch "$EPOCHS" --eval_interval "$EPOCHS" --print_freq 0 --save_dir "$OUT"
+done_step "training"
 echo "== 4/5 evaluating ${OUT}/best.pdparams on the test split"
 "$PY" val.py --load_from "$OUT/best.pdparams" --test_json "$DATA/test_voc07.json" --save_scores "$OUT/test_scores.json"
+done_step "evaluating"
 echo "== 5/5 predicting 5 test images"
 mkdir -p "$OUT/sample_images"
 head -n 5 "$DATA/VOCdevkit/VOC2007/ImageSets/Main/test.txt" | while read -r id; do
@@ -45,4 +60,8 @@ entries = {Path(e["img_path"]).stem: e["target"] for e in json.loads((data / "te
 for i in ids:
     print(f"{i}.jpg truth: " + "".join(f"{n}," for n, t in zip(names, entries[i]) if t == 1))
 PYEOF
-echo "demo finished: checkpoints and metrics in ${OUT}"
+done_step "predicting"
+echo "== time per step"
+printf '   %s\n' "${TIMES[@]}"
+printf '   %-28s %4d s\n' "total" "$((SECONDS - DEMO_START))"
+echo "demo finished: checkpoints, metrics and train.log in ${OUT}"

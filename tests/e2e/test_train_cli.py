@@ -15,6 +15,14 @@ import pytest
 from tests.conftest import REPO_ROOT, run_script, train_flags
 
 
+def batch_line(epoch: int, done: int | str, total: int = 24, samples: float = 8.0, lr: str = r"\d\.\d{5}") -> re.Pattern[str]:
+    """The per-batch line (``--print_freq`` and heartbeat) of ``epoch`` at ``done`` images, with every field."""
+    return re.compile(
+        rf"^Epoch {epoch}\[{done}/{total}\]: loss:\d+\.\d{{5}}, lr:{lr}, time:\d+\.\d{{4}}, "
+        r"avg_reader_cost: \d+\.\d{5} sec, avg_batch_cost: \d+\.\d{5} sec, "
+        rf"avg_samples: {samples:.1f}, avg_ips: \d+\.\d{{2}} images/sec, eta: \d+:\d\d:\d\d$", re.M)
+
+
 def weights(path: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in paddle.load(str(path), return_numpy=True).items()}
 
@@ -40,9 +48,15 @@ def test_training_writes_checkpoints_metrics_and_logs(two_epochs) -> None:
     assert all({"loss", "lr", "map", "cf1", "of1"} <= r.keys() for r in rows)
     best = json.loads((save / "best.json").read_text())
     assert best["map"] == max(r["map"] for r in rows)
-    assert re.search(r"^Epoch 1\[8/24\]: loss:\d+\.\d{5}, lr:0\.00000, time:\d+\.\d{4}$", result.stdout, re.M)
+    assert batch_line(1, 8, lr=r"0\.00000").search(result.stdout)
+    assert len(batch_line(2, r"\d+").findall(result.stdout)) == 3  # --print_freq 1: every batch
     assert re.search(r"^mAP: \d\.\d{6}$", result.stdout, re.M)
     assert "Epoch 2 training ends" in result.stderr
+    # train.log in the run folder: the console's lines, stdout ones as printed
+    log = (save / "train.log").read_text()
+    assert batch_line(1, 8, lr=r"0\.00000").search(log) and batch_line(2, 24).search(log)
+    assert re.search(r"^\[[-\d: ]+\] INFO csra\.train: Epoch 2 training ends: loss \d", log, re.M)
+    assert set(result.stdout.splitlines()) <= set(log.splitlines())
     config = json.loads((save / "config.json").read_text())
     assert config["model"] == "resnet18" and config["num_cls"] == 8 and config["img_size"] == 64
 
@@ -50,9 +64,15 @@ def test_training_writes_checkpoints_metrics_and_logs(two_epochs) -> None:
 def test_resume_after_one_epoch_equals_two_epochs(two_epochs, tiny_demo, tmp_path: Path) -> None:
     save = tmp_path / "resumed"
     assert run_script(*train_flags(tiny_demo, save, 1)).returncode == 0
+    first_log = (save / "train.log").read_text()
+    assert "Epoch 1 training ends" in first_log and "Epoch 2" not in first_log
     result = run_script(*train_flags(tiny_demo, save, 2), "--resume", str(save))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from" in result.stderr
+    log = (save / "train.log").read_text()
+    assert log.startswith(first_log) and log.count("Epoch 1 training ends") == 1  # appended to
+    resumed = log[len(first_log):]
+    assert "resumed from" in resumed and batch_line(2, 16).search(resumed) and "Epoch 2 training ends" in resumed
     assert_same_weights(save / "last.pdparams", two_epochs[0] / "last.pdparams")
     assert len((save / "metrics.jsonl").read_text().splitlines()) == 2
 
@@ -66,7 +86,7 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(two_epochs, tiny_demo, t
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("Epoch 1[8/"):
+        if batch_line(1, 8).match(line):
             proc.send_signal(sig)
     assert proc.wait(timeout=300) == status, "".join(lines)[-2000:]
     assert (save / "interrupted.manifest.json").is_file(), "".join(lines)[-2000:]
@@ -126,6 +146,32 @@ def test_fresh_run_that_diverges_says_no_checkpoint_was_written(tiny_demo, tmp_p
     assert not list(save.glob("last*"))
 
 
+# Heartbeat lines after every batch instead of every 30 s.
+_FAST_HEARTBEAT = """
+import engine.progress
+engine.progress.HEARTBEAT_SECONDS = 0.0
+"""
+
+
+def test_heartbeat_lines_when_output_is_redirected_into_the_runs_train_log(tiny_demo, tmp_path: Path) -> None:
+    """Off a terminal a line comes at least every HEARTBEAT_SECONDS (0 here: after every batch)
+    even with --print_freq 0; with stdout and stderr appended to the run's own train.log (as the
+    TIPC chain does) every line is written once."""
+    save = tmp_path / "beat"
+    save.mkdir()
+    log = save / "train.log"
+    log.write_text("+ the command\n")
+    flags = train_flags(tiny_demo, save, 1, "--print_freq", "0")[1:]
+    with open(log, "a") as out:
+        proc = subprocess.run([sys.executable, "-c", _WRAPPER.format(patch=_FAST_HEARTBEAT), *flags], cwd=REPO_ROOT,
+                              stdout=out, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert text.startswith("+ the command\n")
+    assert [len(batch_line(1, done).findall(text)) for done in (8, 16, 24)] == [1, 1, 1]
+    assert text.count("Epoch 1 training ends") == 1 and text.count("Test on Epoch 1") == 1
+
+
 def test_two_process_launch_matches_one_process(tiny_demo, tmp_path: Path) -> None:
     # Both runs see the same global batches and average the same gradients. BatchNorm batch
     # statistics would be per process (4 images instead of 8), so BN is frozen here to make
@@ -140,7 +186,7 @@ def test_two_process_launch_matches_one_process(tiny_demo, tmp_path: Path) -> No
     rank0 = (tmp_path / "log" / "workerlog.0").read_text()
     rank1 = (tmp_path / "log" / "workerlog.1").read_text()
     assert "Test on Epoch 1" in rank0 and "Test on Epoch" not in rank1  # only rank 0 evaluates and logs
-    assert "Epoch 1[" in rank0 and "Epoch 1[" not in rank1
+    assert batch_line(1, 8, samples=8.0).search(rank0) and "Epoch 1[" not in rank1  # avg_samples: both processes' images
     dp_row = json.loads((save / "metrics.jsonl").read_text().splitlines()[0])
     one_row = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
     assert dp_row["loss"] == pytest.approx(one_row["loss"], rel=1e-3)
@@ -222,7 +268,7 @@ def test_resume_restores_every_setting_of_the_run(recipe_runs) -> None:
     for item in ("batch_size 4", "lr 0.02", "lr_step 1", "model resnet18", "img_size 64", "warmup_epoch 1.0", "dataset demo"):
         assert item in restored.group(1), restored.group(1)
     assert "changed on resume: total_epoch 1 -> 2" in result.stderr
-    assert re.search(r"^Epoch 2\[4/24\]: loss:", result.stdout, re.M)  # batches of 4 again, 6 per epoch
+    assert batch_line(2, 4, samples=4.0).search(result.stdout)  # batches of 4 again, 6 per epoch
     config = json.loads((save / "config.json").read_text())
     assert (config["batch_size"], config["lr"], config["lr_step"], config["total_epoch"]) == (4, 0.02, 1, 2)
     assert Path(config["save_dir"]) == save
