@@ -3,6 +3,8 @@
     python export_model.py --model_path output/voc07/best.pdparams --save_dir inference/voc07
     python export_model.py --model resnet101 --num_cls 20 --img_size 448 --random_init --save_dir /tmp/r101   # speed tests
     python export_model.py --model_path best.pdparams --save_dir inference/voc07 --onnx   # + model.onnx
+    python export_model.py --model_path best.pdparams --save_dir inference/voc07 --quantize int8 --calib_dir train_images/
+                                                          # + model.onnx + model_int8.onnx (infer.py --precision int8)
 
 Writes DIR/inference.json + DIR/inference.pdiparams (input ``x`` float32 [N, 3, S, S],
 output sigmoid probabilities [N, C]) and DIR/inference.yml (model, image size,
@@ -20,7 +22,8 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from cli.args import FROM_RUN, MIN_IMG_SIZE, add_model_args, default_text, image_size, positive_int, unit_interval_float  # noqa: E402
+from cli.args import (FROM_RUN, MIN_IMG_SIZE, add_model_args, add_quantize_args, default_text, image_size, positive_int,  # noqa: E402
+                      unit_interval_float)
 from datasets.config import DEFAULT_DATASET  # noqa: E402
 from deploy.export import ExportConfig  # noqa: E402  (export_model.py's defaults live there)
 from models.spec import DEFAULT_IMG_SIZE  # noqa: E402
@@ -45,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random_init", action="store_true", help="export an untrained, randomly initialised model (speed tests only)")
     parser.add_argument("--onnx", action="store_true", help="also write DIR/model.onnx with paddle2onnx (pip install -r requirements-onnx.txt)")
     parser.add_argument("--opset", type=positive_int, default=None, help=f"ONNX opset version (default {ExportConfig.opset})")
+    add_quantize_args(parser)
     return parser
 
 
@@ -53,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deploy.export import check_weights_choice
 
+    from deploy.quantize import check_quantize_request
+
     check_weights_choice(args.model_path, args.random_init)  # before importing paddle
+    check_quantize_request(args.quantize, args.calib_dir, args.calib_images)
     from utils.quiet import quiet_paddle
 
     quiet_paddle()

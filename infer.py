@@ -4,12 +4,14 @@
     python infer.py --model_dir inference/voc07 --input_file dog.jpg --threshold 0.3 --output preds.json
     python infer.py --model_dir inference/voc07 --input_file images/ --batch_size 8 --enable_benchmark True
 
-Prints exactly predict.py's lines (``<dir>/<file> prediction: dog,person,``), one per image,
+The engine is chosen with --backend (default auto: Paddle Inference for fp32, ONNX Runtime for
+--precision int8 on CPU; see deploy/backends). Prints exactly predict.py's lines (``<dir>/<file> prediction: dog,person,``), one per image,
 sorted by file name. Image size, normalisation, class names and the default threshold come
 from DIR/inference.yml (written by export_model.py). Files that cannot be read are reported
 on stderr and skipped; the exit status is then 1. Boolean flags take a value (True/False).
-Settings this Paddle build cannot honour (--use_gpu/--use_tensorrt without CUDA or TensorRT,
---precision fp16/int8 on CPU) are refused with exit status 2, never silently replaced.
+Settings that cannot be honoured (--use_gpu/--use_tensorrt without CUDA or TensorRT, fp16 on
+CPU, int8 without an int8 export, a backend that is not installed) are refused with exit
+status 2, never silently replaced.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ _THREADS = configure_threads()
 from cli.args import non_negative_int, positive_int, unit_interval_float  # noqa: E402
 from deploy.inference_config import str2bool  # noqa: E402
 from deploy.predictor import PRECISIONS, InferConfig, RuntimeOptions  # noqa: E402  (infer.py's defaults live there)
-from cli.args import add_image_limit_arg, apply_image_limit  # noqa: E402
+from cli.args import add_backend_arg, add_image_limit_arg, apply_image_limit  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -53,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu_mem", type=positive_int, default=opts.gpu_mem, help="initial GPU memory pool in MB (default %(default)s)")
     run.add_argument("--use_tensorrt", type=str2bool, default=opts.use_tensorrt,
                      help="TensorRT subgraphs (GPU build with TensorRT; default %(default)s)")
+    add_backend_arg(run)
     run.add_argument("--precision", default=opts.precision, choices=list(PRECISIONS),
-                     help="fp32 (default; the only choice on CPU, fp16/int8 are refused there); fp16 on GPU; "
-                     "int8 with TensorRT and a quantised model")
+                     help="fp32 (default); int8 on CPU: the onnxruntime backend on an export made with "
+                     "export_model.py --quantize int8; fp16 on GPU; int8 on GPU with TensorRT and a quantised model")
     run.add_argument("--enable_mkldnn", type=str2bool, default=opts.enable_mkldnn, help="oneDNN kernels on CPU (default %(default)s)")
     run.add_argument("--cpu_threads", type=positive_int, default=_THREADS,
                      help="CPU math threads (default: $OMP_NUM_THREADS, else the number of cores: %(default)s here)")

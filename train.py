@@ -14,7 +14,8 @@ from utils.threads import configure_threads
 configure_threads()
 
 from cli.args import (DEFAULT_TRAIN_SAVE_DIR, FROM_RESUMED_RUN, add_data_args, add_device_arg,  # noqa: E402
-                      add_image_limit_arg, add_loss_args, add_model_args, apply_image_limit, finite_non_negative_float,
+                      add_image_limit_arg, add_loss_args, add_model_args, apply_image_limit, drop_rate_float,
+                      finite_non_negative_float,
                       ema_decay, finite_positive_float, momentum_float, non_negative_int, positive_int, unit_interval_float)
 from engine.config import TrainConfig as T  # noqa: E402  (the recipe's defaults live there)
 from utils.errors import run_cli  # noqa: E402
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--ema", type=ema_decay, default=None, metavar="DECAY",
                      help="keep an exponential moving average of the weights with this decay, in (0, 1), e.g. 0.999: it is "
                      "evaluated, saved as best.pdparams and checkpointed (default: off, the reference)")
+    opt.add_argument("--drop_rate", type=drop_rate_float, default=None,
+                     help="dropout rate inside the backbone, ViT only (default 0, the reference)")
+    opt.add_argument("--drop_path_rate", type=drop_rate_float, default=None,
+                     help="stochastic depth of the last block, rising linearly from 0, ViT only (default 0, the reference)")
     add_loss_args(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--save_dir", default=None,

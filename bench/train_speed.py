@@ -41,6 +41,7 @@ from datasets.prepare.voc import prepare_voc  # noqa: E402
 from datasets.transforms import TrainTransform  # noqa: E402
 from models import build_model  # noqa: E402
 from engine.trainer import build_optimizer, train_step  # noqa: E402
+from utils.cpu_math import cpu_model_name as cpu_name  # noqa: E402
 
 
 COMPARED = [("resnet18", 64, 8), ("resnet50", 224, 8), ("resnet101", 448, 2)]
@@ -99,17 +100,6 @@ def compare_with_torch(torch_python: str, rounds: int, iters: int) -> None:
         p, t = float(np.median(ours)), float(np.median(theirs))
         print(f"{name + ' @ ' + str(size):<24}{batch:>6}{p:>15.3f}{t:>14.3f}{t / p:>13.2f}x", flush=True)
         del step
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (or ``unknown CPU``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def loader_rate(json_path: Path, img_size: int, batch: int, workers: int, batches: int) -> float:

@@ -107,6 +107,14 @@ def momentum_float(text: str) -> float:
     return value
 
 
+def drop_rate_float(text: str) -> float:
+    """argparse type: ``text`` -> a dropout / drop-path probability in [0, 1)."""
+    value = _number(text, float, "a probability in [0, 1)")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), e.g. 0.1 (0: off, the reference), got {text}")
+    return value
+
+
 def shift_float(text: str) -> float:
     """argparse type: ``text`` -> a float in [0, 1) (the ASL probability shift of negatives, 0 = none)."""
     value = _number(text, float, "a number in [0, 1)")
@@ -369,3 +377,40 @@ def apply_image_limit(value: int | None) -> None:
         return
     set_max_image_pixels(value)
     os.environ[MAX_IMAGE_PIXELS_ENV] = str(value)
+
+
+def add_backend_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add infer.py's ``--backend auto|paddle|openvino|onnxruntime`` (``deploy.backends``'s registry).
+
+    Args:
+        parser: the parser or argument group to extend.
+    Returns:
+        None. The value is a registry name or ``auto`` (default): the first installed backend
+        of ``deploy.backends.AUTO_ORDER`` for the precision that accepts the export.
+    """
+    from deploy.backends import AUTO, BACKEND_CHOICES, REGISTRY
+
+    parser.add_argument("--backend", default=AUTO, choices=list(BACKEND_CHOICES),
+                        help="inference engine: " + "; ".join(f"{e.name}: {e.summary}" for e in REGISTRY.values())
+                        + "; auto (default): the fastest installed one that can run the export at --precision "
+                        "(fp32: paddle; int8: onnxruntime)")
+
+
+def add_quantize_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add export_model.py's ``--quantize int8 --calib_dir DIR --calib_images N``.
+
+    Args:
+        parser: the parser or argument group to extend.
+    Returns:
+        None. Unset flags are None; ``cli.settings.resolve_export`` checks them together
+        (``deploy.quantize.check_quantize_request``) and fills the defaults.
+    """
+    from deploy.quantize import DEFAULT_CALIB_IMAGES, QUANTIZE_CHOICES
+
+    parser.add_argument("--quantize", default=None, choices=list(QUANTIZE_CHOICES),
+                        help="also write an int8 model (model_int8.onnx, static post-training quantisation with ONNX "
+                        "Runtime, implies --onnx) for infer.py --precision int8; needs requirements-onnx.txt")
+    parser.add_argument("--calib_dir", default=None, metavar="DIR",
+                        help="with --quantize: folder of calibration images (representative, e.g. training images; not recursive)")
+    parser.add_argument("--calib_images", type=positive_int, default=None, metavar="N",
+                        help=f"with --quantize: calibrate on N images spread over --calib_dir (default {DEFAULT_CALIB_IMAGES})")

@@ -28,13 +28,15 @@ run's is refused (``UserError`` naming each flag, the run's value and why).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cli.args import (DEFAULT_TRAIN_SAVE_DIR, ema_decay, finite_non_negative_float, finite_positive_float, image_size,
+from cli.args import (DEFAULT_TRAIN_SAVE_DIR, drop_rate_float, ema_decay, finite_non_negative_float, finite_positive_float,
+                      image_size,
                       model_fields, momentum_float, non_negative_int, positive_int, read_run_config, shift_float, stage_list,
                       unit_interval_float)
 from cli.loading import check_weights_path
@@ -43,7 +45,7 @@ from deploy.export import ExportConfig, check_weights_choice
 from deploy.predictor import InferConfig, RuntimeOptions
 from engine.config import TrainConfig
 from engine.losses import LOSSES
-from models.spec import MODEL_NAMES, ModelSettings, canonical_attention
+from models.spec import MODEL_NAMES, ModelSettings, canonical_attention, canonical_model
 from utils.errors import UserError
 from utils.logger import get_logger
 
@@ -86,12 +88,12 @@ def model_settings(fields: dict[str, Any], num_classes: int) -> ModelSettings:
     Raises:
         UserError: an unknown ``--model`` (checked here, before any slow work).
     """
-    name = str(fields["model"])
-    if name.lower() not in MODEL_NAMES:
-        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(MODEL_NAMES)}")
+    name = canonical_model(str(fields["model"]))  # the reference's names (vit_B16_224) are aliases
+    if name not in MODEL_NAMES:
+        raise UserError(f"unknown model '{fields['model']}'; choose one of: {', '.join(MODEL_NAMES)}")
     stages = fields.get("attention_stages")
     return ModelSettings(
-        name=name.lower(), num_classes=int(num_classes), num_heads=int(fields["num_heads"]), lam=float(fields["lam"]),
+        name=name, num_classes=int(num_classes), num_heads=int(fields["num_heads"]), lam=float(fields["lam"]),
         attention=canonical_attention(fields.get("attention")),
         attention_stages=tuple(int(s) for s in stages) if stages else None, img_size=int(fields["img_size"]),
     )
@@ -104,7 +106,7 @@ _VALUE_TYPES: dict[str, Callable[[str], Any]] = {
     "batch_size": positive_int, "num_workers": non_negative_int, "lr": finite_positive_float, "momentum": momentum_float,
     "w_d": finite_non_negative_float, "warmup_epoch": finite_non_negative_float, "lr_step": positive_int,
     "total_epoch": positive_int, "seed": non_negative_int, "eval_interval": positive_int, "threshold": unit_interval_float,
-    "print_freq": non_negative_int, "ema": ema_decay,
+    "print_freq": non_negative_int, "ema": ema_decay, "drop_rate": drop_rate_float, "drop_path_rate": drop_rate_float,
     "asl_gamma_neg": finite_non_negative_float, "asl_gamma_pos": finite_non_negative_float, "asl_clip": shift_float,
 }
 _BOOL_KEYS = ("freeze_bn", "amp", "shared_memory", "ignore_unknown")
@@ -114,7 +116,7 @@ _PATH_KEYS = ("train_json", "test_json", "classes", "pretrained")
 #: train.py settings a resumed run takes from its config.json (every flag but --resume,
 #: --save_dir and --max_image_pixels, which is a per-invocation safety limit).
 RESUMED_KEYS: tuple[str, ...] = (
-    "ema",
+    "ema", "drop_rate", "drop_path_rate",
     "model", "num_heads", "lam", "num_cls", "attention", "attention_stages", "img_size", "dataset", "train_json", "test_json",
     "classes", "batch_size", "lr", "momentum", "w_d", "warmup_epoch", "lr_step", "total_epoch", "seed", "freeze_bn", "amp",
     "pretrained", "eval_interval", "threshold", "print_freq", "num_workers", "shared_memory", "device",
@@ -131,7 +133,8 @@ RESUME_OVERRIDABLE: tuple[str, ...] = (
     "total_epoch", "eval_interval", "print_freq", "num_workers", "shared_memory", "device", "threshold",
 )
 _WHY_FIXED = {
-    **dict.fromkeys(("model", "num_heads", "lam", "num_cls", "attention", "attention_stages", "img_size"),
+    **dict.fromkeys(("model", "num_heads", "lam", "num_cls", "attention", "attention_stages", "img_size", "drop_rate",
+                     "drop_path_rate"),
                     "the checkpoint's weights belong to that model"),
     **dict.fromkeys(("dataset", "train_json", "test_json", "classes"), "the checkpoint was trained on that data and label order"),
     **dict.fromkeys(("batch_size", "lr", "momentum", "w_d", "warmup_epoch", "lr_step", "seed", "freeze_bn", "amp"),
@@ -316,7 +319,9 @@ def resolve_train(args: argparse.Namespace) -> TrainConfig:
     if stray and loss != "asl":
         raise UserError(f"{', '.join(stray)} only apply to --loss asl but the loss is {loss}; add --loss asl or drop them")
     return TrainConfig(
-        model=model_settings(model_fields(values), num_classes), dataset=dataset, train_json=str(train_json),
+        model=dataclasses.replace(model_settings(model_fields(values), num_classes), drop_rate=float(pick("drop_rate", 0.0)),
+                                  drop_path_rate=float(pick("drop_path_rate", 0.0))),
+        dataset=dataset, train_json=str(train_json),
         test_json=str(test_json), classes=tuple(classes), save_dir=str(save_dir),
         epochs=pick("total_epoch", TrainConfig.epochs), batch_size=pick("batch_size", TrainConfig.batch_size),
         lr=float(pick("lr", TrainConfig.lr)), momentum=float(pick("momentum", TrainConfig.momentum)),
@@ -473,16 +478,21 @@ def resolve_export(args: argparse.Namespace) -> ExportConfig:
         UserError: weights and ``--random_init`` both or neither, missing weights, a bad
             config.json, no class names, ``--num_cls`` not matching them, an unknown model.
     """
+    from deploy.quantize import DEFAULT_CALIB_IMAGES, check_quantize_request
+
     check_weights_choice(args.model_path, args.random_init)
     if args.model_path:
         check_weights_path(args.model_path, "--model_path")
+    quantize, calib_dir, calib_images = (getattr(args, k, None) for k in ("quantize", "calib_dir", "calib_images"))
+    check_quantize_request(quantize, calib_dir, calib_images)  # before the model is built
     trained = _trained_run(args, args.model_path)
     return ExportConfig(
         model=trained.model, class_names=trained.class_names, dataset=trained.dataset,
         mean=tuple(trained.recipe.mean), std=tuple(trained.recipe.std),
         save_dir=args.save_dir or ExportConfig.save_dir, weights=args.model_path,
         threshold=ExportConfig.threshold if args.threshold is None else args.threshold, onnx=bool(args.onnx),
-        opset=args.opset or ExportConfig.opset,
+        opset=args.opset or ExportConfig.opset, quantize=quantize, calib_dir=calib_dir,
+        calib_images=calib_images or DEFAULT_CALIB_IMAGES,
     )
 
 
@@ -500,5 +510,5 @@ def resolve_infer(args: argparse.Namespace) -> InferConfig:
     return InferConfig(
         input_file=args.input_file, model_dir=args.model_dir, model_file=args.model_file, params_file=args.params_file,
         batch_size=args.batch_size, num_workers=args.num_workers, threshold=args.threshold, topk=args.topk, output=args.output,
-        runtime=runtime, enable_benchmark=args.enable_benchmark, warmup=args.warmup,
+        runtime=runtime, enable_benchmark=args.enable_benchmark, warmup=args.warmup, backend=getattr(args, "backend", None) or "auto",
     )

@@ -137,6 +137,7 @@ class BenchInfo:
     enable_tensorrt: bool
     enable_mkldnn: bool
     cpu_math_library_num_threads: int
+    backend: str = "paddle"
 
 
 def report_lines(info: BenchInfo, timer: StageTimer, env: dict[str, Any] | None = None) -> list[str]:
@@ -162,6 +163,7 @@ def report_lines(info: BenchInfo, timer: StageTimer, env: dict[str, Any] | None 
         f" enable_tensorrt: {info.enable_tensorrt}",
         f" enable_mkldnn: {info.enable_mkldnn}",
         f" cpu_math_library_num_threads: {info.cpu_math_library_num_threads}",
+        f" inference_backend: {info.backend}",
         "----------------------- Model info ----------------------",
         f" model_name: {info.model_name}",
         f" precision: {info.precision}",

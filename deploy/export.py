@@ -4,7 +4,8 @@
 ``cli.settings.resolve_export`` builds from the flags and the training run's config.json):
 build the model, load the weights (classifier included), wrap it so the program outputs
 sigmoid probabilities, ``paddle.jit.save`` it with a dynamic batch, and write
-``inference.yml`` (see :mod:`deploy.inference_config`).
+``inference.yml`` (see :mod:`deploy.inference_config`); optionally convert it to ONNX and
+quantise that to int8 (:mod:`deploy.quantize`), recording both files in the yml.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets.transforms import DEFAULT_MEAN, DEFAULT_STD
-from deploy.inference_config import CONFIG_FILENAME, INPUT_NAME, MODEL_FILENAMES, ONNX_FILENAME, PARAMS_FILENAME, DeployConfig
+from deploy.inference_config import (CONFIG_FILENAME, INPUT_NAME, INT8_FILENAME, MODEL_FILENAMES, ONNX_FILENAME, PARAMS_FILENAME,
+                                     DeployConfig)
+from deploy.quantize import DEFAULT_CALIB_IMAGES
 from models.spec import ModelSettings
 from utils.errors import UserError
 from utils.logger import get_logger
@@ -40,6 +43,8 @@ class ExportConfig:
         weights: trained weights with the classifier, or None for a seeded random model (speed tests).
         threshold: the default score threshold stored for infer.py.
         onnx: also write ``model.onnx``; opset: its ONNX opset.
+        quantize: None, or ``int8``: also write ``model_int8.onnx`` (implies ``onnx``).
+        calib_dir, calib_images: the calibration images for ``quantize`` (a folder, how many).
     """
 
     model: ModelSettings
@@ -52,6 +57,9 @@ class ExportConfig:
     threshold: float = 0.5
     onnx: bool = False
     opset: int = 13
+    quantize: str | None = None
+    calib_dir: str | None = None
+    calib_images: int = DEFAULT_CALIB_IMAGES
 
 
 def _probability_model(model):  # -> paddle.nn.Layer
@@ -157,7 +165,7 @@ def save_inference_model(model, save_dir: str | Path, config: DeployConfig) -> d
         program = next((tmp / n for n in MODEL_FILENAMES if (tmp / n).is_file()), None)
         if program is None or not (tmp / PARAMS_FILENAME).is_file():
             raise UserError(f"paddle.jit.save wrote no program into {tmp} (found: {sorted(p.name for p in tmp.iterdir())})")
-        for stale in [*(out / n for n in MODEL_FILENAMES), out / ONNX_FILENAME]:
+        for stale in [*(out / n for n in MODEL_FILENAMES), out / ONNX_FILENAME, out / INT8_FILENAME]:
             stale.unlink(missing_ok=True)  # an older export's program or ONNX file must not survive
         for item in tmp.iterdir():
             os.replace(item, out / item.name)
@@ -217,12 +225,27 @@ def export_model(config: ExportConfig) -> dict[str, Path]:
     """export_model.py: build + load, save the inference files (+ ONNX).
 
     Returns:
-        {"model_file", "params_file", "config_file"[, "onnx_file"]}: the written paths.
+        {"model_file", "params_file", "config_file"[, "onnx_file"[, "int8_file"]]}: the written paths.
+        With ONNX files the yml is written again at the end, naming them (``onnx_file``, ``int8``).
     """
-    if config.onnx:
+    from deploy.quantize import calibration_images, check_quantize_request, quantize_int8
+
+    with_onnx = config.onnx or config.quantize is not None
+    check_quantize_request(config.quantize, config.calib_dir, config.calib_images if config.quantize else None)
+    if with_onnx:
         require_onnx_tools()  # before the (slow) export, not after
     model = build_export_model(config)
-    paths = save_inference_model(model, config.save_dir, deploy_config(config, getattr(model, "config", None)))
-    if config.onnx:
+    deploy = deploy_config(config, getattr(model, "config", None))
+    paths = save_inference_model(model, config.save_dir, deploy)
+    if with_onnx:
         paths["onnx_file"] = export_onnx(paths["model_file"], paths["params_file"], Path(config.save_dir) / ONNX_FILENAME, config.opset)
+        deploy.onnx_file = ONNX_FILENAME
+    if config.quantize == "int8":
+        assert config.calib_dir is not None  # check_quantize_request
+        images = calibration_images(config.calib_dir, config.calib_images)
+        deploy.int8 = quantize_int8(paths["onnx_file"], Path(config.save_dir) / INT8_FILENAME, images, deploy.input_name,
+                                    deploy.img_size, deploy.mean, deploy.std)
+        paths["int8_file"] = Path(config.save_dir) / INT8_FILENAME
+    if with_onnx:
+        deploy.save(paths["config_file"])
     return paths

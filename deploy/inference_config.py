@@ -8,7 +8,9 @@ An export folder holds
   probabilities (the sigmoid is inside the program);
 * ``inference.yml``: everything else infer.py needs (model, image size S, mean/std, class
   names, default threshold, dataset), read into a :class:`DeployConfig`;
-* optionally ``model.onnx`` (``export_model.py --onnx``).
+* optionally ``model.onnx`` (``export_model.py --onnx``) and ``model_int8.onnx``
+  (``export_model.py --quantize int8``: static post-training quantisation, run by infer.py's
+  ``onnxruntime`` backend with ``--precision int8``); the yml records both.
 
 This module imports neither paddle nor numpy, so scripts can check their inputs before
 paying for ``import paddle``.
@@ -30,6 +32,7 @@ MODEL_FILENAMES: tuple[str, ...] = ("inference.json", "inference.pdmodel")
 PARAMS_FILENAME = "inference.pdiparams"
 CONFIG_FILENAME = "inference.yml"
 ONNX_FILENAME = "model.onnx"
+INT8_FILENAME = "model_int8.onnx"
 INPUT_NAME = "x"
 EXPORT_HINT = "python export_model.py --model_path WEIGHTS.pdparams --save_dir DIR"
 
@@ -79,6 +82,9 @@ class DeployConfig:
         output: what the program outputs (always ``probabilities``).
         weights: the weights file exported, or ``random_init``.
         paddle_version: Paddle version that wrote the export.
+        onnx_file: the fp32 ONNX file beside the yml (``model.onnx``), or None without ``--onnx``.
+        int8: the quantised model, or None: ``{"file": "model_int8.onnx", "runtime": "onnxruntime",
+            "method": ..., "format": ..., "calib_images": N, "calib_dir": ...}``.
     """
 
     model: str
@@ -97,6 +103,8 @@ class DeployConfig:
     output: str = "probabilities"
     weights: str = ""
     paddle_version: str = ""
+    onnx_file: str | None = None
+    int8: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -181,6 +189,13 @@ class DeployConfig:
             raise bad(f"attention_stages must be a list of stages 1..4 or null, got {stages!r}")
         if not isinstance(self.input_name, str) or not self.input_name:
             raise bad(f"input_name must be a name, got {self.input_name!r}")
+        def is_file_name(value: Any) -> bool:  # a plain name: the yml never points outside its folder
+            return isinstance(value, str) and bool(value) and Path(value).name == value
+
+        if self.onnx_file is not None and not is_file_name(self.onnx_file):
+            raise bad(f"onnx_file must name a file beside inference.yml, got {self.onnx_file!r}")
+        if self.int8 is not None and not (isinstance(self.int8, dict) and is_file_name(self.int8.get("file"))):
+            raise bad(f"int8 must be a mapping whose 'file' names a file beside inference.yml, got {self.int8!r}")
 
 
 @dataclass

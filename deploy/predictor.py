@@ -28,6 +28,7 @@ import numpy as np
 
 from datasets.image_io import load_rgb
 from datasets.transforms import preprocess
+from deploy.backends.base import InferenceBackend
 from deploy.inference_config import EXPORT_HINT, DeployConfig, ModelFiles, find_model_files
 from utils.errors import UserError
 from utils.logger import get_logger
@@ -157,18 +158,22 @@ def stdout_to_stderr() -> Any:
     return filtered_fd(1, ONEDNN_REDUCE_MEAN, to_fd=2)
 
 
-class Predictor:
-    """One Paddle Inference predictor for an export, created once.
+class Predictor(InferenceBackend):
+    """One Paddle Inference predictor for an export, created once (the ``paddle`` backend).
 
     ``predictor(images float32 [B, 3, S, S]) -> probabilities float32 [B, C]``.
     """
 
+    name = "paddle"
+
     def __init__(self, files: ModelFiles, opts: RuntimeOptions, deploy: DeployConfig) -> None:
         import paddle.inference as paddle_infer
 
-        self.files, self.opts, self.deploy = files, opts, deploy
+        super().__init__(deploy, files.model_file)
+        self.files, self.opts = files, opts
         retain_freed_memory()  # steady-state runs reuse their pages instead of faulting them in again
         self.config = build_config(files, opts, deploy.img_size, deploy.input_name)
+        self.configure(self.config)
         try:
             with stdout_to_stderr():
                 self.predictor = paddle_infer.create_predictor(self.config)
@@ -181,52 +186,24 @@ class Predictor:
         self.input = self.predictor.get_input_handle(deploy.input_name)
         self.output_name = self.predictor.get_output_names()[0]
 
+    def configure(self, config: Any) -> None:
+        """Hook for subclasses: change the ``paddle.inference.Config`` before the predictor is created."""
+
     def _mismatch_message(self, what: str, exc: BaseException) -> str:
         return (f"{what} the model {self.files.model_file} with the weights {self.files.params_file}: they do not belong "
                 f"together (weights from another export or another model?) or a file is damaged. Export both files again "
                 f"into one folder with export_model.py. Paddle said: {_paddle_reason(exc)}")
 
-    def __call__(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        """Run one batch: an array [B, 3, S, S] or a list of B arrays [3, S, S].
-
-        UserError on an empty batch, images of different sizes, a shape other than the
-        exported one, or when the program fails.
-        """
-        size = self.deploy.img_size
-        if isinstance(images, (list, tuple)):
-            shapes = list(dict.fromkeys(tuple(np.shape(a)) for a in images))
-            if not shapes:
-                raise UserError("empty batch: give at least one image")
-            if len(shapes) > 1:
-                raise UserError(f"the images of one batch have different sizes ({', '.join(map(str, map(list, shapes)))}); "
-                                f"preprocess every image to [3, {size}, {size}] (img_size {size} from inference.yml, "
-                                f"datasets.transforms.preprocess) before batching")
-            images = np.stack(images)
-        images = np.asarray(images)
-        if images.ndim == 4 and images.shape[0] == 0:
-            raise UserError("empty batch: give at least one image")
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise UserError(f"input batch has shape {list(images.shape)}, but the exported model expects [N, 3, {size}, {size}] "
-                            f"(img_size {size} from inference.yml); all images must be preprocessed to that size")
-        images = np.ascontiguousarray(images, dtype=np.float32)
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """One predictor run on a checked batch float32 [B, 3, S, S] -> float32 [B, C]."""
         try:
-            self.input.reshape(list(images.shape))
-            self.input.copy_from_cpu(images)
+            self.input.reshape(list(batch.shape))
+            self.input.copy_from_cpu(batch)
             with stdout_to_stderr():
                 self.predictor.run()
-            probs = self.predictor.get_output_handle(self.output_name).copy_to_cpu()
+            return self.predictor.get_output_handle(self.output_name).copy_to_cpu()
         except Exception as exc:
             raise UserError(self._mismatch_message("running", exc)) from None
-        if probs.shape != (images.shape[0], self.deploy.num_classes):
-            raise UserError(f"{self.files.model_file} outputs shape {list(probs.shape)} but inference.yml lists "
-                            f"{self.deploy.num_classes} classes: the files come from different exports; re-export ({EXPORT_HINT})")
-        return probs
-
-    def warmup(self, batch_size: int, runs: int = 1) -> None:
-        """Run ``runs`` zero batches (first-run set-up costs stay out of the timings)."""
-        zeros = np.zeros((batch_size, 3, self.deploy.img_size, self.deploy.img_size), np.float32)
-        for _ in range(runs):
-            self(zeros)
 
 
 # --------------------------------------------------------------------------- input pipeline
@@ -411,8 +388,9 @@ class InferConfig:
         threshold: report classes with score >= this; None: inference.yml's.
         topk: at most this many classes per line, or None.
         output: optional JSON file of all scores (predict.py's format).
-        runtime: the Paddle Inference options.
+        runtime: the runtime options (device, precision, threads, Paddle Inference switches).
         enable_benchmark: print an AutoLog-style timing block; warmup: untimed runs before it.
+        backend: ``auto`` or a ``deploy.backends.REGISTRY`` name (paddle, openvino, onnxruntime).
     """
 
     input_file: str
@@ -427,6 +405,7 @@ class InferConfig:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     enable_benchmark: bool = False
     warmup: int = 1
+    backend: str = "auto"
 
 
 def run_infer(config: InferConfig) -> int:
@@ -448,14 +427,17 @@ def run_infer(config: InferConfig) -> int:
     check_output_path(config.output)
     paths = collect_input_files(config.input_file)
     opts = config.runtime
-    check_runtime_options(opts)
+    from deploy.backends import choose_backend, create_backend
+
+    backend = choose_backend(config.backend, files, deploy, opts)
+    log.debug("backend: %s", backend)
 
     failures: list[tuple[str, str]] = []
     records: list[dict] = []
     timer = StageTimer()
     with BatchPrefetcher(paths, deploy.img_size, deploy.mean, deploy.std, config.batch_size, failures,
                          workers=config.num_workers, timer=timer) as batches:
-        predictor = Predictor(files, opts, deploy)  # created once; the workers decode meanwhile
+        predictor = create_backend(backend, files, deploy, opts)  # created once; the workers decode meanwhile
         if config.enable_benchmark and config.warmup:
             predictor.warmup(config.batch_size, config.warmup)
         timer.start()
@@ -478,6 +460,7 @@ def run_infer(config: InferConfig) -> int:
         info = BenchInfo(model_name=deploy.model_name, precision=opts.precision, batch_size=config.batch_size,
                          input_shape=f"3,{deploy.img_size},{deploy.img_size}", runtime_device="gpu" if opts.use_gpu else "cpu",
                          ir_optim=opts.ir_optim, enable_memory_optim=opts.memory_optim, enable_tensorrt=opts.use_tensorrt,
-                         enable_mkldnn=opts.enable_mkldnn and not opts.use_gpu, cpu_math_library_num_threads=opts.cpu_threads)
+                         enable_mkldnn=opts.enable_mkldnn and not opts.use_gpu and backend in ("paddle", "openvino"),
+                         cpu_math_library_num_threads=opts.cpu_threads, backend=backend)
         print_report(info, timer)
     return 1 if failures else 0

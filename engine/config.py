@@ -102,7 +102,7 @@ class TrainConfig:
             "model": self.model.name, "num_cls": self.model.num_classes, "num_heads": self.model.num_heads,
             "lam": self.model.lam, "attention": self.model.attention,
             "attention_stages": list(self.model.attention_stages) if self.model.attention_stages else None,
-            "img_size": self.model.img_size,
+            "img_size": self.model.img_size, "drop_rate": self.model.drop_rate, "drop_path_rate": self.model.drop_path_rate,
         }
         for f in fields(self):
             if f.name in ("model", "classes"):

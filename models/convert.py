@@ -195,6 +195,15 @@ def infer_attention(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def checkpoint_img_size(state: Mapping[str, Any]) -> int | None:
+    """The input side a checkpoint (torch or Paddle names) was made for, when its family can tell
+    (``BackboneFamily.checkpoint_img_size``, e.g. a ViT's position-embedding grid), else None."""
+    state, _ = strip_prefix(state)
+    state, _ = strip_mmcls_prefix(state)
+    family = detect_family(list(state))
+    return family.checkpoint_img_size(state) if family.checkpoint_img_size else None
+
+
 def _linear_weight_names(model: nn.Layer) -> set[str]:
     return {f"{name}.weight" if name else "weight" for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
 
@@ -249,6 +258,8 @@ def convert_torch_state(source: Mapping[str, np.ndarray], model: nn.Layer) -> Co
         if new_key != key:
             conv.renamed.append((key, new_key))
         conv.state[new_key] = np.ascontiguousarray(array)
+    if family.fit_state is not None:  # e.g. ViT: refuse unsupported variants, pos_embed to the model's grid
+        conv.notes.extend(family.fit_state(conv.state, model))
     diff = diff_state(target, conv.state)
     has_classifier = any(k.startswith(CLASSIFIER_PREFIX) for k in conv.state)
     conv.missing_ok = [k for k in diff.missing if k.startswith(CLASSIFIER_PREFIX)] if not has_classifier else []

@@ -97,7 +97,7 @@ class CSRAModel(nn.Layer):
 
     The backbone class (next in the MRO) builds its layers in ``__init__`` (taking the
     positional and remaining keyword arguments), sets ``feature_channels`` and defines
-    ``forward_features(x [B,3,H,W]) -> [B, feature_channels, H/32, W/32]``. Its parameters stay
+    ``forward_features(x [B,3,H,W]) -> [B, feature_channels, H/s, W/s]`` (s = the spec's ``stride``). Its parameters stay
     at the top level of the state dict (the original checkpoints' names) and the classifier is
     created after them, under ``classifier.multi_head.{h}.head.weight``.
 

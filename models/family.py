@@ -7,8 +7,9 @@ weight loader and the checkpoint converter only talk to these registries:
 - ``ModelSpec``: one model name (``resnet50``): its family, depth/preset, block kind, output
   width, the attention kinds its blocks can host and its pretrained weights (URL + md5);
 - ``BackboneFamily``: how to build a model of a spec (``build``; the model has
-  ``forward_features(x [B,3,H,W]) -> [B, C, H/32, W/32]``, ``feature_channels = C`` and a
-  CSRA ``classifier``; ``models.csra.CSRAModel`` adds the classifier to a backbone class) and
+  ``forward_features(x [B,3,H,W]) -> [B, C, H/s, W/s]``, ``feature_channels = C`` and a
+  CSRA ``classifier``; ``models.csra.CSRAModel`` adds the classifier to a backbone class;
+  the map's stride is the spec's ``stride``, 32 for ResNets, 16 for ViTs) and
   its checkpoint knowledge: how its keys look (``signature``, for format detection), the name
   of its plain PyTorch checkpoints' format, the ImageNet classifier keys to drop, a torch ->
   Paddle key mapping, and where attention blocks sit in its state dict (``block_pattern``,
@@ -51,10 +52,12 @@ class ModelSpec:
         family: the ``BackboneFamily`` name, e.g. ``resnet``.
         preset: the family's size parameter (ResNet depth 50, a ViT preset name...).
         block: the kind of its blocks, for messages (``basic``, ``bottleneck``...).
-        feature_channels: width C of ``forward_features`` ([B, C, H/32, W/32]).
+        feature_channels: width C of ``forward_features`` ([B, C, H/stride, W/stride]).
         attention_kinds: the attention kinds (``recalibrator``, ``mixer``) its blocks can host.
         weights: tag (``--pretrained imagenet``) -> ``WeightsSource``.
         summary: one line for listings.
+        stride: output stride s of ``forward_features`` (32: ResNet; 16: ViT's patches).
+        aliases: other accepted names (e.g. the reference's ``vit_B16_224``).
     """
 
     name: str
@@ -65,6 +68,8 @@ class ModelSpec:
     attention_kinds: frozenset[str] = frozenset()
     weights: dict[str, WeightsSource] = field(default_factory=dict, hash=False, compare=False)
     summary: str = ""
+    stride: int = 32
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ class BackboneFamily:
             the attention hooks (``recalibrator_factory`` / ``mixer_factory``, see
             ``models.attention.attention_factories``) when an attention block is chosen. The model
             has ``forward(x [B,3,H,W]) -> logits [B, num_classes]``, ``forward_features(x) ->
-            [B, spec.feature_channels, H/32, W/32]`` and the CSRA head under ``classifier.``.
+            [B, spec.feature_channels, H/spec.stride, W/spec.stride]`` and the CSRA head under
+            ``classifier.``. ``kw`` also holds those of ``build_options`` the family declares.
         signature: ``signature(keys) -> bool``: whether a checkpoint's keys (prefix-stripped,
             torch or Paddle names) are this family's.
         key_hint: how its keys look, for the "unrecognised checkpoint" message.
@@ -89,6 +95,16 @@ class BackboneFamily:
             blocks, with a group ``stage`` (1..4), e.g. ``layer(?P<stage>[1-4])\\.\\d+\\.``.
             None: the family hosts no attention block.
         mixer_slot: name, inside such a block, of the layer a mixer replaces (``conv2``).
+        build_options: the optional ``build_model`` settings ``build`` takes as keywords
+            (``img_size``: the input side, for parameters shaped by it such as ViT's position
+            embedding; ``drop_rate``, ``drop_path_rate``). A non-default value of an option the
+            family does not take is a UserError.
+        fit_state: ``fit_state(state, model) -> notes``: adapts a checkpoint (Paddle names,
+            edited in place) to the model before its shapes are checked, e.g. resamples ViT's
+            position embedding to the model's grid; returns one note per change. None: nothing.
+        checkpoint_img_size: ``checkpoint_img_size(state) -> int | None``: the input side a
+            checkpoint's tensors were made for, when they tell (ViT: its position-embedding
+            grid); the converter builds the target at that size so nothing is resampled.
     """
 
     name: str
@@ -100,6 +116,9 @@ class BackboneFamily:
     rename: Callable[[str], str] | None = None
     block_pattern: str | None = None
     mixer_slot: str | None = None
+    build_options: frozenset[str] = frozenset()
+    fit_state: Callable[[dict[str, Any], "nn.Layer"], list[str]] | None = None
+    checkpoint_img_size: Callable[[dict[str, Any]], int | None] | None = None
 
     def locate(self, key: str) -> tuple[int, str] | None:
         """``(stage, rest)`` when ``key`` lies inside an attention-hosting block, else None.
@@ -130,7 +149,7 @@ def register_family(family: BackboneFamily, specs: Iterable[ModelSpec]) -> None:
             raise ValueError(f"model '{spec.name}' says family '{spec.family}' but is registered with '{family.name}'")
     FAMILIES.register(family.name)(family)
     for spec in specs:
-        MODELS.register(spec.name)(spec)
+        MODELS.register(spec.name, aliases=spec.aliases)(spec)
 
 
 def load_families() -> None:

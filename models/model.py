@@ -52,6 +52,8 @@ def build_model(
     pretrained: str | None = None,
     attention_stages: Any = None,
     img_size: int | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
     **kw: Any,
 ) -> nn.Layer:
     """Build a CSRA model by name.
@@ -73,11 +75,14 @@ def build_model(
             block's default (recalibrators 1-4, ``at`` 4, ``emod`` 3 and 4). Only valid with ``attention``.
         img_size: the square input side S the model will run at (default
             ``models.spec.DEFAULT_IMG_SIZE``, 448). Only blocks whose shape depends on it use
-            it: GE's depthwise kernel covers each stage's whole feature map (S/4, /8, /16, /32).
+            it: GE's depthwise kernel covers each stage's whole feature map (S/4, /8, /16, /32),
+            and families that declare it in ``build_options`` get it (ViT: its position-embedding grid).
+        drop_rate, drop_path_rate: dropout and stochastic-depth rates, for families that declare
+            them in ``build_options`` (ViT); a non-zero rate for any other family is a UserError.
         kw: passed to the family's ``build``.
     Returns:
         a ``paddle.nn.Layer``: ``forward(x [B,3,S,S]) -> logits [B, C]``,
-        ``forward_features(x) -> [B, d, S/32, S/32]`` (d = the spec's ``feature_channels``); its
+        ``forward_features(x) -> [B, d, S/s, S/s]`` (d, s = the spec's ``feature_channels``, ``stride``); its
         ``config`` dict records the arguments (``attention_stages`` as a list of ints, None
         without attention).
     """
@@ -98,6 +103,13 @@ def build_model(
         check_attention_fits(spec, get_attention(attention))
         stages = resolve_stages(attention, attention_stages)
         kw.update(attention_factories(attention, stages, img_size))
+    options = {"img_size": img_size, "drop_rate": float(drop_rate), "drop_path_rate": float(drop_path_rate)}
+    for option, value in options.items():
+        if option in family.build_options:
+            kw[option] = value
+        elif option != "img_size" and value:
+            raise UserError(f"--{option} {value}: {spec.name} ({family.name} family) has no such setting; "
+                            f"drop it (families with it: {', '.join(n for n in FAMILIES.names() if option in FAMILIES.get(n).build_options) or 'none'})")
     model = family.build(spec, num_classes=num_classes, num_heads=num_heads, lam=lam, **kw)
     if model.feature_channels != spec.feature_channels:  # a family/spec inconsistency, not a user error
         raise ValueError(f"{spec.name}: the model has {model.feature_channels} feature channels, its spec says {spec.feature_channels}")

@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 #: ``models.MODELS.names()``, in registration order.
-MODEL_NAMES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+MODEL_NAMES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vit_b16", "vit_l16",
+                                 "efficientmod_xxs", "efficientmod_xs", "efficientmod_s", "efficientmod_s_conv")
+#: ``models.MODELS.aliases()``: alias (lower case) -> registered model name (the reference's ViT names).
+MODEL_ALIASES: dict[str, str] = {"vit_b16_224": "vit_b16", "vit_l16_224": "vit_l16"}
 #: ``models.attention.ATTENTIONS.names()``, in registration order (aliases below).
 ATTENTION_NAMES: tuple[str, ...] = ("se", "srm", "ge", "ab", "multise", "eca", "prm", "at", "emod")
 #: alias -> registered attention name.
@@ -27,7 +30,8 @@ DEFAULT_IMG_SIZE = 448  # the reference input side; sizes GE's global kernels un
 
 #: backbone family -> the module that registers it (``models.family.load_families`` imports
 #: these). A new family = its module + one line here + its names in ``MODEL_NAMES``.
-BACKBONE_FAMILIES: dict[str, str] = {"resnet": "models.resnet"}
+BACKBONE_FAMILIES: dict[str, str] = {"resnet": "models.resnet", "vit": "models.vit",
+                                      "efficientmod": "models.efficientmod"}
 
 #: CSRA temperature of a max-pooling head (the reference's T = 99).
 MAX_POOL_TEMPERATURE = 99
@@ -96,6 +100,18 @@ def parse_stages(value: Any) -> list[int] | None:
     return sorted(stages)
 
 
+def canonical_model(name: str) -> str:
+    """The registered model name for ``name`` (case and aliases resolved, e.g. ``vit_B16_224`` -> ``vit_b16``).
+
+    Args:
+        name: a model name or alias.
+    Returns:
+        the registered name, or the lower-cased input when it is unknown (callers report it).
+    """
+    key = str(name).strip().lower()
+    return MODEL_ALIASES.get(key, key)
+
+
 def canonical_attention(name: str | None) -> str | None:
     """The registered attention name for ``name`` (case and aliases resolved); None for none/null/empty.
 
@@ -122,7 +138,10 @@ class ModelSettings:
         lam: weight of the attention logit (> 0).
         attention: attention block name, or None.
         attention_stages: ResNet stages receiving the block (sorted), or None for the block's default.
-        img_size: square input side S in pixels (input [B, 3, S, S]); sizes GE's kernels.
+        img_size: square input side S in pixels (input [B, 3, S, S]); sizes GE's kernels and
+            ViT's position-embedding grid.
+        drop_rate, drop_path_rate: training regularisation of the families that take them
+            (ViT: dropout and stochastic depth; the reference uses 0). Not in eval or export.
     """
 
     name: str
@@ -132,14 +151,20 @@ class ModelSettings:
     attention: str | None = None
     attention_stages: tuple[int, ...] | None = None
     img_size: int = DEFAULT_IMG_SIZE
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
 
     def build_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``models.build_model`` (``attention_stages`` as a list or None)."""
-        return {
+        """Keyword arguments of ``models.build_model`` (``attention_stages`` as a list or None; the
+        drop rates only when non-zero, so that families without them build as before)."""
+        out = {
             "name": self.name, "num_classes": self.num_classes, "num_heads": self.num_heads, "lam": self.lam,
             "attention": self.attention, "attention_stages": list(self.attention_stages) if self.attention_stages else None,
             "img_size": self.img_size,
         }
+        out.update({key: value for key, value in (("drop_rate", self.drop_rate), ("drop_path_rate", self.drop_path_rate))
+                    if value})
+        return out
 
     def build(self, pretrained: str | None = None) -> Any:
         """``models.build_model(**self.build_kwargs(), pretrained=pretrained)`` (imports Paddle).

@@ -29,10 +29,11 @@ from models.family import FAMILIES, MODELS, WeightsSource, family_of, load_famil
 from models.state_check import diff_state
 from utils.errors import UserError
 from utils.logger import get_logger
+from utils.safetensors_io import SAFETENSORS_SUFFIX
 
 log = get_logger("weights")
 
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")  # .tar: timm training files (model_best.pth.tar)
 IMAGENET = "imagenet"  # the weights tag every family is expected to offer
 
 
@@ -46,6 +47,7 @@ class LoadReport:
     fresh: list[str] = field(default_factory=list)  # classifier keys left at their initialisation
     fresh_attention: list[str] = field(default_factory=list)  # attention-block keys left at their initialisation
     replaced: list[str] = field(default_factory=list)  # source 3x3 conv weights a mixer replaces (not loaded)
+    notes: list[str] = field(default_factory=list)  # the family's adaptations (e.g. ViT's pos_embed resampled)
 
 
 def weights_cache_dir() -> Path:
@@ -100,7 +102,8 @@ def resolve_weights(spec: str, model_name: str) -> Path:
         return download_weights(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pdparams", *TORCH_SUFFIXES) and p.is_file())
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pdparams", SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
+                       and p.is_file())
         if not found:
             raise UserError(f"{path} is a folder with no weights file (.pdparams/.pth) in it; pass the path of a checkpoint file")
         listed = ", ".join(str(p) for p in found[:6]) + (f" (and {len(found) - 6} more)" if len(found) > 6 else "")
@@ -149,6 +152,8 @@ def load_state(model: nn.Layer, state: Mapping[str, Any], source: str, allow_mis
         if key in state and key not in target:
             state.pop(key)
             report.dropped.append(key)
+    if family is not None and family.fit_state is not None:  # e.g. ViT: pos_embed to the model's grid
+        report.notes.extend(family.fit_state(state, model))
     block_keys = attention_state_keys(model)
     source_has_blocks = any(k in block_keys for k in state)
     if allow_missing_classifier and block_keys and not source_has_blocks:
@@ -197,15 +202,24 @@ def load_pretrained(model: nn.Layer, spec: str, allow_missing_classifier: bool =
     """
     model_name = getattr(model, "config", {}).get("model", "")
     path = resolve_weights(spec, model_name)
-    if path.suffix.lower() in TORCH_SUFFIXES:
-        from utils.pth_io import extract_state_dict, load_pth
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:  # torch layout (timm / Hugging Face hub), read without torch
+        from utils.safetensors_io import load_safetensors
 
-        conversion = convert_torch_state(extract_state_dict(load_pth(path)), model)
+        state = convert_torch_state(load_safetensors(path), model).state
+    elif path.suffix.lower() in TORCH_SUFFIXES:
+        from utils.pth_io import load_pth, select_weights
+
+        weights, entry_notes = select_weights(load_pth(path))  # a training file: its state_dict (not the EMA copy)
+        for note in entry_notes:
+            log.info("%s: %s", path.name, note)
+        conversion = convert_torch_state(weights, model)
         state: Mapping[str, Any] = conversion.state
     else:
         state = read_paddle_state(path)
     report = load_state(model, state, str(path), allow_missing_classifier)
     log.info("loaded %d tensors from %s", report.loaded, path)
+    for note in report.notes:
+        log.info("%s", note)
     if report.fresh:
         log.info("the classifier is not in %s (a backbone-only checkpoint): it starts from its initialisation", path.name)
     if report.fresh_attention:

@@ -61,3 +61,24 @@ def prefer_avx2_mkl_on_amd(environ: dict[str, str] | None = None, cpuinfo: str |
         return False
     env["MKL_DEBUG_CPU_TYPE"] = MKL_AVX2_PATH
     return True
+
+
+def cpu_model_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name, for benchmark reports.
+
+    Args:
+        cpuinfo: the text of ``/proc/cpuinfo`` (default: read it).
+    Returns:
+        e.g. ``"AMD EPYC"``; the platform's processor string, or ``"unknown CPU"``, where there is no model name.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or "unknown CPU"

@@ -21,9 +21,13 @@ Notes:
     * ``bfloat16`` has no numpy dtype: such tensors are converted to ``float32`` (exact, as
       bfloat16 is the upper half of a float32).
     * ``bool`` tensors come back as ``numpy.bool_``; any non-zero byte is ``True``.
-    * Quantized or sparse tensors, tensor subclasses, pickled modules/optimizers/arguments
-      objects and the legacy (pre-1.6, non-zip) format are not supported: re-save the
-      weights with ``torch.save(model.state_dict(), path)``.
+    * Quantized or sparse tensors, tensor subclasses, pickled modules/optimizers and the
+      legacy (pre-1.6, non-zip) format are not supported: re-save the weights with
+      ``torch.save(model.state_dict(), path)``.
+    * The one pickled object admitted is ``argparse.Namespace`` (the training arguments that
+      timm-style training checkpoints carry under ``args``): it comes back as an inert
+      :class:`utils.safe_pickle.InertRecord` of its fields; the class itself is never imported
+      or called.
 
 Memory limits (a small file must not be able to ask for huge memory):
     * Every zip record is checked *before* it is read: a storage record must declare exactly
@@ -51,6 +55,7 @@ name -> array mapping out of a loaded checkpoint.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import io
 import math
@@ -64,9 +69,9 @@ from typing import Any, Callable
 import numpy as np
 
 from utils.errors import UserError
-from utils.safe_pickle import AllowListUnpickler, UnsafePickleError, refuse_extension_opcodes
+from utils.safe_pickle import AllowListUnpickler, InertRecord, UnsafePickleError, record_type, refuse_extension_opcodes
 
-__all__ = ["UnsafePickleError", "load_pth", "save_pth", "extract_state_dict"]
+__all__ = ["UnsafePickleError", "load_pth", "save_pth", "extract_state_dict", "select_weights"]
 
 _RESAVE_HINT = (
     "If you trust the file, load it once with torch and re-save only the weights with "
@@ -327,6 +332,8 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
     ("collections", "OrderedDict"): collections.OrderedDict,
     **{("torch", name): stype for name, stype in _STORAGE_TYPES.items()},
+    # training checkpoints' ``args``: rebuilt as an inert record of its fields (NEWOBJ + BUILD)
+    ("argparse", "Namespace"): record_type("argparse.Namespace"),
 }
 
 def _refusal(path: Path, what: str) -> UnsafePickleError:
@@ -572,6 +579,57 @@ def extract_state_dict(obj: Any) -> "collections.OrderedDict[str, np.ndarray]":
     return out
 
 
+# What the other top-level entries of a training checkpoint (timm's train.py and the like) hold.
+_TRAINING_ENTRIES = {
+    "optimizer": "optimizer state",
+    "amp_scaler": "AMP loss-scaler state",
+    "args": "training arguments",
+    "state_dict_ema": "EMA copy of the weights",
+    "model_ema": "EMA copy of the weights",
+}
+
+
+def select_weights(obj: Any, use_ema: bool = False) -> "tuple[collections.OrderedDict[str, np.ndarray], list[str]]":
+    """The weights of a loaded checkpoint, and one line per training entry left out.
+
+    Args:
+        obj: what :func:`load_pth` returned: a state dict or a training checkpoint (a dict with
+            ``state_dict`` and e.g. ``state_dict_ema``, ``optimizer``, ``args``, ``amp_scaler``,
+            ``epoch``, ``metric``).
+        use_ema: take the EMA copy (``state_dict_ema``) instead of ``state_dict``.
+    Returns:
+        ``(weights, notes)``: the name -> array mapping (as :func:`extract_state_dict`), and, for
+        a training checkpoint, a line naming the entry used and one per dropped entry. A plain
+        state dict gives no notes.
+    Raises:
+        UserError: ``use_ema`` without an EMA copy in the file, or no weights (see
+        :func:`extract_state_dict`).
+    """
+    ema_keys = [k for k in ("state_dict_ema", "model_ema") if isinstance(obj, dict) and isinstance(obj.get(k), dict)]
+    if use_ema and not ema_keys:
+        keys = ", ".join(repr(k) for k in list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
+        raise UserError(f"--use_ema: the checkpoint holds no EMA copy of the weights (state_dict_ema); top-level keys: {keys}")
+    if not isinstance(obj, dict) or not any(isinstance(obj.get(k), dict) for k in _STATE_DICT_KEYS):
+        return extract_state_dict(obj), []
+    used = ema_keys[0] if use_ema else next(k for k in _STATE_DICT_KEYS if isinstance(obj.get(k), dict))
+    weights = extract_state_dict(obj[used])
+    info = ", ".join(f"{k} {obj[k]!r}" for k in ("arch", "epoch") if isinstance(obj.get(k), (str, int)))
+    notes = [f"weights: '{used}' of a training checkpoint" + (f" ({info})" if info else "")]
+    for key, value in obj.items():
+        if key == used:
+            continue
+        what = _TRAINING_ENTRIES.get(key) if isinstance(key, str) else None
+        if key in ema_keys and not use_ema:
+            notes.append(f"dropped '{key}': {what} (pass --use_ema to take it instead)")
+        elif key in ("state_dict", "model") and use_ema:
+            notes.append(f"dropped '{key}': the trained (non-EMA) weights")
+        elif isinstance(value, InertRecord):
+            notes.append(f"dropped '{key}': {what or 'a record'} ({value.pickled_name}, read as an inert record, nothing run)")
+        elif what:
+            notes.append(f"dropped '{key}': {what}")
+    return weights, notes
+
+
 # --------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------
@@ -672,6 +730,8 @@ def _normalize(obj: Any, where: str, arrays: dict[int, np.ndarray]) -> Any:
         return arr
     if isinstance(obj, (np.bool_, np.integer, np.floating, np.str_)):
         return obj.item()  # a plain Python scalar: torch's weights_only loader rejects numpy scalars
+    if type(obj) is argparse.Namespace:  # pickled as the class + its __dict__ (NEWOBJ, BUILD), as torch.save does
+        return argparse.Namespace(**_normalize(dict(vars(obj)), f"{where} (Namespace)", arrays))
     if type(obj) in (dict, collections.OrderedDict):
         out = type(obj)()
         for k, v in obj.items():
@@ -713,7 +773,9 @@ def save_pth(obj: Any, path: str | os.PathLike[str]) -> None:
 
     Args:
         obj: nested dict / ``OrderedDict`` / list / tuple of numpy arrays, str, int, float,
-            bool and None (numpy scalars are stored as Python numbers). Arrays may be
+            bool and None (numpy scalars are stored as Python numbers), and ``argparse.Namespace``
+            of those (as training checkpoints hold their arguments; such a file needs
+            ``weights_only=False`` in ``torch.load``). Arrays may be
             float16/32/64, int8/16/32/64, uint8 or bool; each becomes its own storage.
         path: output file (overwritten).
     Returns:

@@ -20,11 +20,13 @@ import io
 import pickle
 import pickletools
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO, Any, Callable, Mapping
 
 from utils.errors import UserError
 
-__all__ = ["UnsafePickleError", "AllowListUnpickler", "refuse_extension_opcodes", "unpickle_with_allow_list"]
+__all__ = ["InertRecord", "UnsafePickleError", "AllowListUnpickler", "record_type", "refuse_extension_opcodes",
+           "unpickle_with_allow_list"]
 
 _EXT_OPCODES = {"EXT1", "EXT2", "EXT4"}
 
@@ -131,3 +133,59 @@ def unpickle_with_allow_list(
     except Exception as exc:  # truncated stream, bad opcode, stand-in rejected its arguments
         raise corrupt(exc) from None
 
+
+
+class InertRecord:
+    """Stand-in for a plain attribute-bag class in a pickle (``argparse.Namespace``): keeps its fields.
+
+    A genuine pickle of such an object (protocol 2+) is ``NEWOBJ(cls)`` with no arguments followed
+    by ``BUILD`` with the instance ``__dict__``; the unpickler then gets this stand-in instead of
+    the class, so the real class is never imported or called. The fields are whatever the
+    allow-list unpickler built (plain data and allow-listed objects only); they are kept as a
+    read-only mapping and read as attributes (``record.lr``). Constructor arguments, a second
+    state, or a state that is not a dict of str keys are refused as corrupt.
+
+    Subclass it per pickled name (``record_type``) so that ``type(record).pickled_name`` tells
+    what the file held.
+    """
+
+    pickled_name = "?"
+    __slots__ = ("_fields",)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "InertRecord":
+        if args or kwargs:
+            raise ValueError(f"{cls.pickled_name} record built with arguments (a genuine pickle has none)")
+        record = object.__new__(cls)
+        object.__setattr__(record, "_fields", None)
+        return record
+
+    def __setstate__(self, state: Any) -> None:
+        if object.__getattribute__(self, "_fields") is not None:
+            raise ValueError(f"{self.pickled_name} record given a second state")
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise ValueError(f"{self.pickled_name} record: state must be a dict of str keys, got {type(state).__name__}")
+        object.__setattr__(self, "_fields", MappingProxyType(dict(state)))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise ValueError(f"a {self.pickled_name} record is read-only")
+
+    @property
+    def fields(self) -> Mapping[str, Any]:
+        """The recorded fields (name -> value), read-only; empty before its state was set."""
+        return object.__getattribute__(self, "_fields") or MappingProxyType({})
+
+    def __getattr__(self, name: str) -> Any:
+        fields = object.__getattribute__(self, "_fields") or {}
+        if name in fields:
+            return fields[name]
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in list(self.fields.items())[:8])
+        more = ", ..." if len(self.fields) > 8 else ""
+        return f"{self.pickled_name}({inner}{more}) [inert record]"
+
+
+def record_type(pickled_name: str) -> type[InertRecord]:
+    """An ``InertRecord`` subclass standing in for the global ``pickled_name`` (``"argparse.Namespace"``)."""
+    return type(pickled_name.rsplit(".", 1)[-1] + "Record", (InertRecord,), {"pickled_name": pickled_name, "__slots__": ()})

@@ -118,8 +118,8 @@ def test_file_form_runs_from_another_folder(script: str, tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert "Traceback" not in proc.stderr and "ModuleNotFoundError" not in proc.stderr, proc.stderr[-2000:]
-    if script in ("tools/torch_reference.py", "bench/torch_reference_step.py") and importlib.util.find_spec("torch") is None:
-        # the PyTorch sides of the equivalence check and the training benchmark: say how to run them instead of crashing
+    if script in ("tools/torch_reference.py", "bench/torch_reference_step.py", "bench/torch_reference_infer.py") and importlib.util.find_spec("torch") is None:
+        # the PyTorch sides of the equivalence check and the benchmarks: say how to run them instead of crashing
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "torch" in proc.stderr
         return
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]

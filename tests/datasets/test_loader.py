@@ -50,6 +50,11 @@ def _run_with_deadline(fn: Callable[[], Any], seconds: float) -> BaseException |
     """Run ``fn`` in a daemon thread; fail the test if it is still running after ``seconds``.
     Returns the exception ``fn`` raised (None if it returned)."""
     outcome: list[BaseException | None] = [None]
+    # A loader with workers installs Paddle's SIGCHLD handler the first time it starts, which
+    # only the main thread may do; install it here so that the order of tests does not matter.
+    from paddle.io.dataloader.dataloader_iter import _set_SIGCHLD_handler
+
+    _set_SIGCHLD_handler()
 
     def target() -> None:
         try:
