@@ -21,6 +21,12 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+def ok(result) -> None:
+    """Assert that a script run (``run_script``'s CompletedProcess) succeeded: exit 0, no traceback."""
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
 def run_script(*args: str, cwd: Path = REPO_ROOT, timeout: float = 600, env: dict | None = None):
     """Run ``python <args>`` from the repository root; returns the CompletedProcess (text)."""
     import subprocess

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_script
+from tests.conftest import ok, run_script  # noqa: F401  (ok: re-exported for the deploy tests)
 
 CLASSES = ["cat", "dog", "bird", "car", "tree"]
 ONNX_EXTRA = ("paddle2onnx", "onnx", "onnxruntime", "ml_dtypes")
@@ -35,10 +35,6 @@ def user_error(result, *needles: str) -> str:
         assert needle in errors[0], errors[0]
     return errors[0]
 
-
-def ok(result) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
 
 
 def hide_modules(folder: Path, *names: str) -> dict[str, str]:

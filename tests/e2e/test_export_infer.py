@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_script
+from tests.conftest import ok, run_script
 
 CLASSES = ["cat", "dog", "bird", "car", "tree"]
 RUNS = {1: "demo", 4: "wider"}  # heads -> dataset (wider: mean = std = 0.5, checks the yml normalisation)
@@ -34,10 +34,6 @@ def user_error(result, *needles: str) -> str:
         assert needle in errors[0], errors[0]
     return errors[0]
 
-
-def ok(result) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,12 @@ import numpy as np
 import paddle
 import pytest
 
-from tests.conftest import run_script, train_flags
+from tests.conftest import ok, run_script, train_flags
 
 
 def weights(path: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in paddle.load(str(path), return_numpy=True).items()}
 
-
-def ok(result) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
 
 
 def error_line(result) -> str:

@@ -8,19 +8,14 @@ from the ResNet runs.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import ok, run_script
 
 
-
-def ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="module")
