@@ -104,6 +104,7 @@ class _StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self.signum = signal.SIGINT.value
+        self._unannounced = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequest":
@@ -111,11 +112,20 @@ class _StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested, self.signum = True, signum
+        # no logging here: the handler may interrupt a write to the same stream or log file,
+        # and a nested write fails ("reentrant call"); ``check`` announces the request instead
+        self.requested, self.signum, self._unannounced = True, signum, True
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        log.warning("%s received: saving a resumable checkpoint after this step (%s again to abort)", signal.Signals(signum).name, again)
+
+    def check(self) -> bool:
+        """Whether a stop was requested; logs the request once, from the training loop."""
+        if self._unannounced:
+            self._unannounced = False
+            again = "Ctrl-C" if self.signum == signal.SIGINT else "SIGTERM"
+            log.warning("%s received: saving a resumable checkpoint after this step (%s again to abort)",
+                        signal.Signals(self.signum).name, again)
+        return self.requested
 
     def __exit__(self, *exc: Any) -> None:
         for sig, previous in self._previous.items():
@@ -509,7 +519,7 @@ class Trainer:
                     with self._writing("metrics.jsonl"):
                         self._append_metrics(row)
                 self._log_epoch(row)
-                if self._sync_stop(stop.requested):
+                if self._sync_stop(stop.check()):
                     return self._save_interrupted(stop.signum)
         return self.state
 
@@ -558,7 +568,7 @@ class Trainer:
             bar.update(1)
             if _is_main() and progress.due(it):
                 echo(progress.line(it, value, lr))
-            if self._sync_stop(stop.requested) and self.state.iteration < n_batches:
+            if self._sync_stop(stop.check()) and self.state.iteration < n_batches:
                 bar.close()
                 return None
         bar.close()
