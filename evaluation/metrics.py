@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from evaluation.thresholds import best_f1_from_masks
 from utils.errors import UserError
 from utils.logger import get_logger
 
@@ -169,6 +170,31 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
+def _as_threshold(threshold: Any, n_classes: int) -> float | np.ndarray:
+    """A scalar threshold as a float, or per-class thresholds as a ``[C]`` float64 array.
+
+    Args:
+        threshold: a number, or ``[C]`` numbers (one per class, broadcast over the rows).
+        n_classes: C.
+    Returns:
+        ``float`` or a ``[C]`` float64 copy.
+    Raises:
+        ValueError: an array of another shape than ``[C]``, or with NaN/infinite values.
+    """
+    if np.ndim(threshold) == 0:
+        return float(threshold)
+    thr = np.array(threshold, dtype=np.float64)
+    if thr.shape != (n_classes,):
+        raise ValueError(f"per-class thresholds must have shape ({n_classes},), got {thr.shape}")
+    if not np.isfinite(thr).all():
+        raise ValueError("per-class thresholds contain NaN or infinite values")
+    return thr
+
+
+def _json_threshold(threshold: float | np.ndarray) -> float | list[float]:
+    return threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
+
+
 # --------------------------------------------------------------------------- AP
 
 
@@ -291,7 +317,8 @@ class ThresholdMetrics:
             (mmpretrain's "CF1"; not comparable with ``cf1``).
         n_classes_without_positives: classes with ``gt == 0``; left out of CP, CR and
             ``mean_class_f1`` under ``no_positive="exclude"``.
-        threshold: score threshold (score >= threshold is a positive prediction).
+        threshold: score threshold (score >= threshold is a positive prediction): a float,
+            or a ``[C]`` float64 array of per-class thresholds.
         topk: None, or k when only each image's k best scores could be predictions.
     """
 
@@ -306,13 +333,13 @@ class ThresholdMetrics:
     cf1: float
     mean_class_f1: float
     n_classes_without_positives: int
-    threshold: float
+    threshold: float | np.ndarray
     topk: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN becomes None, arrays become lists)."""
         return {
-            "threshold": self.threshold,
+            "threshold": _json_threshold(self.threshold),
             "topk": self.topk,
             "OP": _json_float(self.op),
             "OR": _json_float(self.or_),
@@ -356,7 +383,7 @@ def _threshold_from_masks(
     predicted: np.ndarray,
     valid: np.ndarray,
     positive: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     topk: int | None,
     no_positive: str,
 ) -> ThresholdMetrics:
@@ -389,7 +416,7 @@ def _threshold_from_masks(
         cf1=_f1(cp, cr),
         mean_class_f1=_mean(f1_c[keep]),
         n_classes_without_positives=n_without,
-        threshold=float(threshold),
+        threshold=threshold,
         topk=topk,
     )
 
@@ -398,7 +425,7 @@ def thresholded_metrics(
     scores: Any,
     targets: Any,
     policy: str | LabelPolicy = "binary",
-    threshold: float = 0.5,
+    threshold: float | Sequence[float] | np.ndarray = 0.5,
     topk: int | None = None,
     no_positive: str = "exclude",
 ) -> ThresholdMetrics:
@@ -413,18 +440,21 @@ def thresholded_metrics(
         scores: ``[N, C]`` float scores.
         targets: ``[N, C]`` labels in the policy's encoding.
         policy: label policy name or :class:`LabelPolicy`.
-        threshold: decision threshold on the score.
+        threshold: decision threshold on the score: one number for every class, or ``[C]``
+            per-class thresholds (class ``c`` is predicted where ``scores[:, c] >= threshold[c]``).
         topk: None, or how many best scores per image may be predicted.
         no_positive: ``"exclude"`` leaves classes with ``gt == 0`` out of CP, CR and the
             mean per-class F1; ``"zero"`` keeps them (recall and F1 count as 0).
     Returns:
         a :class:`ThresholdMetrics`.
     Raises:
-        LabelEncodingError, ValueError: as :func:`average_precision`.
+        LabelEncodingError, ValueError: as :func:`average_precision`; also per-class
+            thresholds of the wrong shape or not finite.
     """
     _check_no_positive(no_positive)
     s = _as_scores(scores)
     t = _as_targets(targets, s.shape)
+    threshold = _as_threshold(threshold, s.shape[1])
     pol = get_policy(policy)
     _check_encoding(t, pol)
     valid = ~_in_values(t, pol.ignore_thresholded)
@@ -459,8 +489,12 @@ class EvalResult:
         n_images: N.
         class_names: C names used by :func:`format_class_table`.
         policy: label policy name.
-        threshold: decision threshold.
+        threshold: decision threshold (a float, or a ``[C]`` float64 array of per-class ones).
         no_positive: ``"exclude"`` or ``"zero"``.
+        best_threshold: ``[C]`` per class, the score threshold with the best F1 of
+            ``score >= t`` (see :func:`evaluation.thresholds.best_f1_thresholds`; ties: the
+            lower one), NaN for classes without positives.
+        best_f1: ``[C]`` the F1 at ``best_threshold`` (fraction), NaN without positives.
     """
 
     map: float
@@ -479,13 +513,22 @@ class EvalResult:
     n_images: int
     class_names: list[str] = field(default_factory=list)
     policy: str = "binary"
-    threshold: float = 0.5
+    threshold: float | np.ndarray = 0.5
     no_positive: str = "exclude"
+    best_threshold: np.ndarray | None = None
+    best_f1: np.ndarray | None = None
 
     @property
     def n_classes(self) -> int:
         """C, the number of classes."""
         return int(self.ap.shape[0])
+
+    def _best(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(best_threshold [C], best_f1 [C])``, all NaN when they were not computed."""
+        missing = np.full(self.n_classes, np.nan)
+        thr = missing if self.best_threshold is None else self.best_threshold
+        f1 = missing if self.best_f1 is None else self.best_f1
+        return thr, f1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of all metrics (fractions; NaN becomes None)."""
@@ -502,11 +545,18 @@ class EvalResult:
             "n_classes": self.n_classes,
             "n_classes_without_positives": self.n_classes_without_positives,
             "policy": self.policy,
-            "threshold": self.threshold,
+            "threshold": _json_threshold(self.threshold),
             "no_positive": self.no_positive,
             "per_class": [
-                {"index": i, "name": name, "ap": _json_float(float(a)), "positives": int(p)}
-                for i, (name, a, p) in enumerate(zip(self.class_names, self.ap, self.n_positives))
+                {
+                    "index": i,
+                    "name": name,
+                    "ap": _json_float(float(a)),
+                    "positives": int(p),
+                    "best_threshold": _json_float(float(bt)),
+                    "best_f1": _json_float(float(bf)),
+                }
+                for i, (name, a, p, bt, bf) in enumerate(zip(self.class_names, self.ap, self.n_positives, *self._best()))
             ],
             "thresholded": self.thresholded.to_dict(),
             "top3": self.top3.to_dict(),
@@ -517,7 +567,7 @@ def evaluate(
     scores: Any,
     targets: Any,
     policy: str | LabelPolicy = "binary",
-    threshold: float = 0.5,
+    threshold: float | Sequence[float] | np.ndarray = 0.5,
     class_names: Sequence[str] | None = None,
     no_positive: str = "exclude",
 ) -> EvalResult:
@@ -529,7 +579,8 @@ def evaluate(
             ``custom``: 0/1; ``voc07``: 1/-1/0 with 0 ignored; ``wider``: 0/1/99 with 99
             ignored for AP and negative for the thresholded metrics).
         policy: label policy name or :class:`LabelPolicy`.
-        threshold: score >= threshold is a positive prediction.
+        threshold: score >= threshold is a positive prediction; one number, or ``[C]``
+            per-class thresholds.
         class_names: C names (default ``class_0 .. class_{C-1}``).
         no_positive: ``"exclude"`` (default) or ``"zero"``, see module docstring.
     Returns:
@@ -537,11 +588,13 @@ def evaluate(
     Raises:
         LabelEncodingError: targets outside the policy's encoding (a ``UserError`` and a
             ``ValueError``).
-        ValueError: bad shapes, non-finite scores, wrong number of class names.
+        ValueError: bad shapes, non-finite scores, wrong number of class names, per-class
+            thresholds of the wrong shape or not finite.
     """
     _check_no_positive(no_positive)
     s = _as_scores(scores)
     t = _as_targets(targets, s.shape)
+    threshold = _as_threshold(threshold, s.shape[1])
     pol = get_policy(policy)
     _check_encoding(t, pol)
     if pol.name == "voc07" and t.size and not (t == -1).any() and (t == 0).any():
@@ -564,6 +617,7 @@ def evaluate(
     above = s >= threshold
     full = _threshold_from_masks(above, valid_thr, pos_thr, threshold, None, no_positive)
     top3 = _threshold_from_masks(above & topk_mask(s, 3), valid_thr, pos_thr, threshold, 3, no_positive)
+    best_threshold, best_f1 = best_f1_from_masks(s, valid_thr, pos_thr)
     return EvalResult(
         map=m,
         ap=ap,
@@ -581,8 +635,10 @@ def evaluate(
         n_images=n,
         class_names=names,
         policy=pol.name,
-        threshold=float(threshold),
+        threshold=threshold,
         no_positive=no_positive,
+        best_threshold=best_threshold,
+        best_f1=best_f1,
     )
 
 
@@ -608,7 +664,8 @@ def format_reference_lines(result: EvalResult) -> str:
 
 
 def format_class_table(result: EvalResult) -> str:
-    """Per-class AP table: index, class name, number of positives, AP in percent.
+    """Per-class AP table: index, class name, number of positives, AP in percent, and the
+    class's best-F1 threshold with that F1 (percent).
 
     Args:
         result: an :class:`EvalResult`.
@@ -620,11 +677,15 @@ def format_class_table(result: EvalResult) -> str:
     w_idx = max(1, len(str(max(result.n_classes - 1, 0))))
     w_name = max([5] + [len(x) for x in names])
     w_pos = max(9, len(str(int(result.n_positives.max(initial=0)))))
-    header = f"{'#':>{w_idx}}  {'class':<{w_name}}  {'positives':>{w_pos}}  {'AP (%)':>7}"
+    header = (f"{'#':>{w_idx}}  {'class':<{w_name}}  {'positives':>{w_pos}}  {'AP (%)':>7}"
+              f"  {'best thr':>8}  {'best F1 (%)':>11}")
     lines = [header, "-" * len(header)]
-    for i, (name, a, p) in enumerate(zip(names, result.ap, result.n_positives)):
+    rows = zip(names, result.ap, result.n_positives, *result._best())
+    for i, (name, a, p, bt, bf) in enumerate(rows):
         ap_txt = "n/a" if math.isnan(a) else f"{100.0 * a:.2f}"
-        lines.append(f"{i:>{w_idx}}  {name:<{w_name}}  {int(p):>{w_pos}}  {ap_txt:>7}")
+        bt_txt = "n/a" if math.isnan(bt) else f"{bt:.4f}"
+        bf_txt = "n/a" if math.isnan(bf) else f"{100.0 * bf:.2f}"
+        lines.append(f"{i:>{w_idx}}  {name:<{w_name}}  {int(p):>{w_pos}}  {ap_txt:>7}  {bt_txt:>8}  {bf_txt:>11}")
     lines.append("-" * len(header))
     map_txt = "n/a" if math.isnan(result.map) else f"{100.0 * result.map:.2f}"
     lines.append(f"{'':>{w_idx}}  {'mAP':<{w_name}}  {int(result.n_positives.sum()):>{w_pos}}  {map_txt:>7}")

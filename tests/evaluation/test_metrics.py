@@ -288,8 +288,12 @@ def test_format_class_table() -> None:
     table = format_class_table(res)
     lines = table.splitlines()
     assert "positives" in lines[0] and "AP (%)" in lines[0]
-    assert lines[2].split() == ["0", "cat", "2", "83.33"]
-    assert lines[4].split() == ["2", "tvmonitor", "1", "50.00"]
+    assert "best thr" in lines[0] and "best F1 (%)" in lines[0]
+    # best thresholds by hand: class 0 scores 0.9(+) 0.6(-) 0.4(+) 0.1(-): t=0.4 -> 2*2/(3+2);
+    # class 1: t=0.7 -> 1; class 2: 0.6(-) 0.55(+): t=0.55 -> 2*1/(2+1)
+    assert lines[2].split() == ["0", "cat", "2", "83.33", "0.4000", "80.00"]
+    assert lines[3].split() == ["1", "dog", "2", "100.00", "0.7000", "100.00"]
+    assert lines[4].split() == ["2", "tvmonitor", "1", "50.00", "0.5500", "66.67"]
     assert len({len(ln) for ln in lines[:5]}) == 1  # aligned
     assert lines[-1].split() == ["mAP", "5", "77.78"]
 
@@ -300,6 +304,78 @@ def test_to_dict_is_json_ready() -> None:
     d = evaluate(HAND_SCORES, targets).to_dict()
     json.dumps(d, allow_nan=False)
     assert d["per_class"][2]["ap"] is None and d["n_classes_without_positives"] == 1
+    assert d["per_class"][2]["best_threshold"] is None and d["per_class"][2]["best_f1"] is None
+    assert d["per_class"][0]["best_threshold"] == 0.4 and d["per_class"][0]["best_f1"] == pytest.approx(0.8)
+
+
+# --------------------------------------------------------------------------- per-class thresholds
+
+
+def test_eval_result_best_thresholds() -> None:
+    res = evaluate(HAND_SCORES, HAND_TARGETS)
+    np.testing.assert_array_equal(res.best_threshold, [0.4, 0.7, 0.55])
+    np.testing.assert_allclose(res.best_f1, [0.8, 1.0, 2 / 3])
+    # they are the per-class F1 the thresholded metrics give at those thresholds
+    m = thresholded_metrics(HAND_SCORES, HAND_TARGETS, threshold=res.best_threshold)
+    np.testing.assert_allclose(2 * m.tp / (m.pred + m.gt), res.best_f1)
+    # VOC difficult entries are left out, as in the thresholded metrics
+    voc = evaluate(np.array([[0.9], [0.8], [0.3]]), np.array([[0], [1], [-1]]), "voc07")
+    assert voc.best_threshold[0] == 0.8 and voc.best_f1[0] == 1.0
+    no_pos = evaluate(HAND_SCORES, np.zeros_like(HAND_TARGETS))
+    assert np.isnan(no_pos.best_threshold).all() and np.isnan(no_pos.best_f1).all()
+    assert format_class_table(no_pos).splitlines()[2].split()[-3:] == ["n/a", "n/a", "n/a"]
+
+
+def test_per_class_threshold_array_of_0_5_equals_float() -> None:
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.random((100, 6)), 2)
+    targets = (rng.random((100, 6)) < 0.3).astype(int)
+    for topk in (None, 3):
+        a = thresholded_metrics(scores, targets, threshold=0.5, topk=topk)
+        b = thresholded_metrics(scores, targets, threshold=np.full(6, 0.5), topk=topk)
+        c = thresholded_metrics(scores, targets, threshold=[0.5] * 6, topk=topk)
+        for m in (b, c):
+            assert (m.tp.tolist(), m.pred.tolist(), m.gt.tolist()) == (a.tp.tolist(), a.pred.tolist(), a.gt.tolist())
+            assert (m.cp, m.cr, m.cf1, m.op, m.or_, m.of1, m.mean_class_f1) == (
+                a.cp, a.cr, a.cf1, a.op, a.or_, a.of1, a.mean_class_f1)
+    r_float = evaluate(scores, targets, threshold=0.5)
+    r_array = evaluate(scores, targets, threshold=np.full(6, 0.5))
+    assert format_reference_lines(r_float) == format_reference_lines(r_array)
+    assert r_float.top3.tp.tolist() == r_array.top3.tp.tolist()
+
+
+def test_per_class_thresholds_change_only_their_classes() -> None:
+    rng = np.random.default_rng(5)
+    scores = rng.random((200, 5))
+    targets = (rng.random((200, 5)) < 0.4).astype(int)
+    base = thresholded_metrics(scores, targets, threshold=0.5)
+    thr = np.array([0.5, 0.2, 0.5, 0.9, 0.5])
+    m = thresholded_metrics(scores, targets, threshold=thr)
+    same = [0, 2, 4]
+    assert m.tp[same].tolist() == base.tp[same].tolist() and m.pred[same].tolist() == base.pred[same].tolist()
+    assert m.gt.tolist() == base.gt.tolist()
+    for c in (1, 3):
+        predicted = scores[:, c] >= thr[c]
+        assert m.pred[c] == predicted.sum() and m.tp[c] == (predicted & (targets[:, c] == 1)).sum()
+        assert m.pred[c] != base.pred[c]
+    # with top-3, the per-class thresholds still apply column by column
+    t3 = thresholded_metrics(scores, targets, threshold=thr, topk=3)
+    expected = (scores >= thr) & topk_mask(scores, 3)
+    assert t3.pred.tolist() == expected.sum(axis=0).tolist()
+    # evaluate uses the same rule and reports the array, JSON-ready
+    res = evaluate(scores, targets, threshold=thr)
+    assert res.thresholded.tp.tolist() == m.tp.tolist() and res.cp == pytest.approx(m.cp)
+    d = res.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["threshold"] == thr.tolist() and d["thresholded"]["threshold"] == thr.tolist()
+
+
+def test_per_class_threshold_shape_and_values_checked() -> None:
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        thresholded_metrics(HAND_SCORES, HAND_TARGETS, threshold=[0.5, 0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate(HAND_SCORES, HAND_TARGETS, threshold=[0.5, np.nan, 0.5])
+    assert thresholded_metrics(HAND_SCORES, HAND_TARGETS, threshold=np.float32(0.5)).threshold == 0.5
 
 
 # --------------------------------------------------------------------------- matching
