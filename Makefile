@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-fast clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-onnx.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-onnx.txt requirements-vdl.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -r requirements-dev.txt
