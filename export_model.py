@@ -8,7 +8,8 @@
 
 Writes DIR/inference.json + DIR/inference.pdiparams (input ``x`` float32 [N, 3, S, S],
 output sigmoid probabilities [N, C]) and DIR/inference.yml (model, image size,
-normalisation, class names, threshold, attention block and stages) so that
+normalisation, class names, threshold (or the tuned per-class thresholds of the thresholds.json
+beside the weights), attention block and stages) so that
 ``infer.py --model_dir DIR`` needs nothing else. Model flags left unset are read from the
 config.json that train.py wrote beside the weights (the run's --attention_stages only
 together with its --attention).
@@ -22,8 +23,8 @@ from utils.threads import configure_threads
 
 configure_threads()
 
-from cli.args import (FROM_RUN, MIN_IMG_SIZE, add_model_args, add_quantize_args, default_text, image_size, positive_int,  # noqa: E402
-                      unit_interval_float)
+from cli.args import (FROM_RUN, MIN_IMG_SIZE, add_model_args, add_quantize_args, add_thresholds_arg, default_text,  # noqa: E402
+                      image_size, positive_int, unit_interval_float)
 from datasets.config import DEFAULT_DATASET  # noqa: E402
 from deploy.export import ExportConfig  # noqa: E402  (export_model.py's defaults live there)
 from models.spec import DEFAULT_IMG_SIZE  # noqa: E402
@@ -44,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{default_text(DEFAULT_DATASET, FROM_RUN)}")
     parser.add_argument("--classes", default=None, help="class names file (default: classes.txt beside --model_path, else the built-in list)")
     parser.add_argument("--threshold", type=unit_interval_float, default=None,
-                        help=f"default score threshold stored for infer.py, in [0, 1] (default {ExportConfig.threshold})")
+                        help=f"score threshold stored for infer.py, in [0, 1], for every class (default: the tuned per-class "
+                        f"thresholds.json beside --model_path when present, else {ExportConfig.threshold})")
+    add_thresholds_arg(parser, "store for infer.py")
+    parser.add_argument("--with_heatmaps", action="store_true",
+                        help="the program also outputs the CSRA class maps [N, C, S/s, S/s] (output 'maps'), so that "
+                        "infer.py --heatmap_dir can draw heatmaps")
     parser.add_argument("--random_init", action="store_true", help="export an untrained, randomly initialised model (speed tests only)")
     parser.add_argument("--onnx", action="store_true", help="also write DIR/model.onnx with paddle2onnx (pip install -r requirements-onnx.txt)")
     parser.add_argument("--opset", type=positive_int, default=None, help=f"ONNX opset version (default {ExportConfig.opset})")
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     attention = f", attention {cfg.attention} in stage(s) {','.join(map(str, cfg.attention_stages or []))}" if cfg.attention else ""
     print(f"exported {cfg.model} + CSRA ({cfg.num_classes} classes, {cfg.num_heads} head(s), {cfg.img_size}px{attention}) "
           f"to {config.save_dir}:")
+    print(f"  thresholds: {cfg.thresholds_source or f'global {cfg.threshold:g}'}; class maps: {'yes' if cfg.heatmaps else 'no'}")
     for path in paths.values():
         print(f"  {path}")
     return 0

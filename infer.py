@@ -2,6 +2,7 @@
 
     python infer.py --model_dir inference/voc07 --input_file images/
     python infer.py --model_dir inference/voc07 --input_file dog.jpg --threshold 0.3 --output preds.json
+    python infer.py --model_dir inference/voc07 --input_file images/ --heatmap_dir heatmaps/   # export --with_heatmaps
     python infer.py --model_dir inference/voc07 --input_file images/ --batch_size 8 --enable_benchmark True
 
 The engine is chosen with --backend (default auto: Paddle Inference for fp32, ONNX Runtime for
@@ -25,7 +26,7 @@ _THREADS = configure_threads()
 from cli.args import non_negative_int, positive_int, unit_interval_float  # noqa: E402
 from deploy.inference_config import str2bool  # noqa: E402
 from deploy.predictor import PRECISIONS, InferConfig, RuntimeOptions  # noqa: E402  (infer.py's defaults live there)
-from cli.args import add_backend_arg, add_image_limit_arg, apply_image_limit  # noqa: E402
+from cli.args import add_backend_arg, add_heatmap_dir_arg, add_image_limit_arg, add_thresholds_arg, apply_image_limit  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="processes decoding/preprocessing the next images during inference (default %(default)s; 0: none)")
     data.add_argument("--threshold", type=unit_interval_float, default=None,
                       help="report classes with score >= this, in [0, 1] (default: inference.yml's, 0.5)")
+    add_thresholds_arg(data)
     data.add_argument("--topk", type=positive_int, default=None, help="report at most the K best classes above the threshold")
+    add_heatmap_dir_arg(data)
     data.add_argument("--output", default=None,
                       help="also write all scores and labels to this JSON file (predict.py's format; checked before any work)")
     run = parser.add_argument_group("runtime")

@@ -2,6 +2,11 @@
 
     python predict.py --load_from output/voc07/best.pdparams --img_dir images/
     python predict.py --load_from best.pdparams a.jpg b.png --threshold 0.3 --topk 3 --output preds.json
+    python predict.py --load_from output/voc07/best.pdparams --img_dir images/ --heatmap_dir heatmaps/
+
+Thresholds: a thresholds.json beside --load_from (written by ``val.py --tune_thresholds``)
+gives each class its own; ``--thresholds FILE`` picks another file; ``--threshold X`` uses X
+for every class. stderr says which were used.
 
 Prints one line per image, sorted: ``<img_dir>/<file> prediction: dog,person,``. Files that
 cannot be read are reported on stderr and skipped; the exit status is 1 if any was skipped.
@@ -17,7 +22,7 @@ configure_threads()
 
 from cli.args import (FROM_RUN, MIN_IMG_SIZE, add_device_arg, add_model_args, default_text, image_size,  # noqa: E402
                       positive_int, unit_interval_float)
-from cli.args import add_image_limit_arg, apply_image_limit  # noqa: E402
+from cli.args import add_heatmap_dir_arg, add_image_limit_arg, add_thresholds_arg, apply_image_limit  # noqa: E402
 from cli.settings import PredictSettings  # noqa: E402  (predict.py's defaults live there)
 from datasets.config import DEFAULT_DATASET  # noqa: E402
 from models.spec import DEFAULT_IMG_SIZE  # noqa: E402
@@ -41,10 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=positive_int, default=None,
                         help=f"images per forward pass (default {PredictSettings.batch_size})")
     parser.add_argument("--threshold", type=unit_interval_float, default=None,
-                        help=f"report classes with sigmoid score >= this, in [0, 1] (default {PredictSettings.threshold})")
+                        help="report classes with sigmoid score >= this, in [0, 1], for every class (default: the tuned "
+                        f"per-class thresholds.json beside --load_from when present, else {PredictSettings.threshold})")
+    add_thresholds_arg(parser)
     parser.add_argument("--topk", type=positive_int, default=None, help="report at most the K best classes above the threshold")
     parser.add_argument("--output", default=None,
                         help="also write all scores and labels to this JSON file (checked before any image is predicted)")
+    add_heatmap_dir_arg(parser)
     add_device_arg(parser)
     add_image_limit_arg(parser)
     return parser
@@ -64,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from cli.loading import load_trained_model
     from cli.settings import resolve_predict
-    from deploy.prediction import collect_inputs, iter_batches, prediction_line, prediction_record, report_failures
+    from deploy.prediction import (HeatmapWriter, collect_inputs, iter_batches, prediction_line, prediction_record,
+                                   report_failures, selected_classes)
     from engine.device import select_device
     from utils.fileio import atomic_write_json
 
@@ -73,15 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     select_device(settings.device)
     model = load_trained_model(settings.weights, settings.model)
     names = list(settings.class_names)
+    thresholds = settings.thresholds
+    print(f"thresholds: {thresholds.source}", file=sys.stderr)
+    heatmaps = HeatmapWriter(settings.heatmap_dir) if settings.heatmap_dir else None
     failures: list[tuple[str, str]] = []
     records = []
     with paddle.no_grad():
         for batch in iter_batches(paths, settings.model.img_size, settings.mean, settings.std, settings.batch_size, failures):
-            scores = F.sigmoid(model(paddle.to_tensor(batch.images))).numpy()
-            for path, row in zip(batch.paths, scores):
-                print(prediction_line(path, row, names, settings.threshold, settings.topk), flush=True)
-                records.append(prediction_record(path, row, names, settings.threshold, settings.topk))
+            x = paddle.to_tensor(batch.images)
+            if heatmaps is not None:  # one pass gives the logits and the class maps
+                maps = model.class_maps(x)
+                scores, class_maps = F.sigmoid(maps.logits).numpy(), maps.combined.numpy()
+            else:
+                scores = F.sigmoid(model(x)).numpy()
+            for i, (path, row) in enumerate(zip(batch.paths, scores)):
+                print(prediction_line(path, row, names, thresholds, settings.topk), flush=True)
+                records.append(prediction_record(path, row, names, thresholds, settings.topk))
+                if heatmaps is not None:
+                    heatmaps.write(path, class_maps[i], row, selected_classes(row, thresholds, settings.topk), names)
     report_failures(failures)
+    if heatmaps is not None:
+        print(f"heatmaps written to {heatmaps.out_dir}", file=sys.stderr)
     if settings.output:
         atomic_write_json(settings.output, records, indent=1)
     return 1 if failures else 0

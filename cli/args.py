@@ -414,3 +414,22 @@ def add_quantize_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
                         help="with --quantize: folder of calibration images (representative, e.g. training images; not recursive)")
     parser.add_argument("--calib_images", type=positive_int, default=None, metavar="N",
                         help=f"with --quantize: calibrate on N images spread over --calib_dir (default {DEFAULT_CALIB_IMAGES})")
+
+
+def add_thresholds_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "report") -> None:
+    """``--thresholds FILE``: per-class thresholds (a thresholds.json of ``val.py --tune_thresholds``).
+
+    Without it (and without ``--threshold``) the thresholds.json beside the weights is used when present.
+    """
+    parser.add_argument("--thresholds", default=None, metavar="FILE",
+                        help=f"per-class thresholds to {what} with: a thresholds.json written by val.py --tune_thresholds "
+                        "(default: thresholds.json beside the weights when present, else the global --threshold); "
+                        "--threshold X overrides it with X for every class")
+
+
+def add_heatmap_dir_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--heatmap_dir DIR``: write the class-attention heatmaps of every image there."""
+    parser.add_argument("--heatmap_dir", default=None, metavar="DIR",
+                        help="write class-attention heatmaps: per image a PNG for each reported class (the class map "
+                        "blended over the image, with its name and score) and a contact sheet <image>__sheet.png; "
+                        "--topk limits the classes drawn")

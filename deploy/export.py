@@ -42,6 +42,9 @@ class ExportConfig:
         save_dir: output folder.
         weights: trained weights with the classifier, or None for a seeded random model (speed tests).
         threshold: the default score threshold stored for infer.py.
+        thresholds, thresholds_source: per-class thresholds stored for infer.py (used instead of
+            ``threshold``) and where they came from; None when not tuned.
+        with_heatmaps: the program also outputs the CSRA class maps [N, C, h, w] (``maps``).
         onnx: also write ``model.onnx``; opset: its ONNX opset.
         quantize: None, or ``int8``: also write ``model_int8.onnx`` (implies ``onnx``).
         calib_dir, calib_images: the calibration images for ``quantize`` (a folder, how many).
@@ -55,6 +58,9 @@ class ExportConfig:
     save_dir: str = "./inference"
     weights: str | None = None
     threshold: float = 0.5
+    thresholds: tuple[float, ...] | None = None
+    thresholds_source: str = ""
+    with_heatmaps: bool = False
     onnx: bool = False
     opset: int = 13
     quantize: str | None = None
@@ -62,8 +68,12 @@ class ExportConfig:
     calib_images: int = DEFAULT_CALIB_IMAGES
 
 
-def _probability_model(model):  # -> paddle.nn.Layer
-    """Wrap ``model`` (logits [B, C]) so that ``forward(x [B,3,S,S]) -> sigmoid probabilities [B, C]``."""
+def _probability_model(model, with_maps: bool = False):  # -> paddle.nn.Layer
+    """Wrap ``model`` (logits [B, C]) so that ``forward(x [B,3,S,S]) -> sigmoid probabilities [B, C]``.
+
+    With ``with_maps`` the forward returns ``(probabilities [B, C], combined class maps [B, C, h, w])``
+    (``CSRAModel.forward_with_maps``), from one pass.
+    """
     import paddle
     from paddle import nn
 
@@ -77,7 +87,14 @@ def _probability_model(model):  # -> paddle.nn.Layer
         def forward(self, x: paddle.Tensor) -> paddle.Tensor:
             return paddle.nn.functional.sigmoid(self.model(x))
 
-    wrapped = ProbabilityModel(model)
+    class ProbabilityAndMapsModel(ProbabilityModel):
+        """Probabilities and the class maps that explain their logits."""
+
+        def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+            logits, maps = self.model.forward_with_maps(x)
+            return paddle.nn.functional.sigmoid(logits), maps
+
+    wrapped = (ProbabilityAndMapsModel if with_maps else ProbabilityModel)(model)
     wrapped.eval()
     return wrapped
 
@@ -133,7 +150,10 @@ def deploy_config(config: ExportConfig, model_config: dict | None = None) -> Dep
         attention=model_config.get("attention", spec.attention),
         attention_stages=[int(v) for v in stages] if stages else None,
         num_classes=len(config.class_names), img_size=int(spec.img_size), mean=list(config.mean), std=list(config.std),
-        class_names=list(config.class_names), threshold=float(config.threshold), dataset=config.dataset, input_name=INPUT_NAME,
+        class_names=list(config.class_names), threshold=float(config.threshold),
+        thresholds=[float(v) for v in config.thresholds] if config.thresholds is not None else None,
+        thresholds_source=config.thresholds_source, heatmaps=bool(config.with_heatmaps),
+        dataset=config.dataset, input_name=INPUT_NAME,
         weights=str(Path(config.weights).resolve()) if config.weights else "random_init",
         paddle_version=paddle.__version__,
     )
@@ -156,7 +176,7 @@ def save_inference_model(model, save_dir: str | Path, config: DeployConfig) -> d
 
     out = Path(save_dir)
     out.mkdir(parents=True, exist_ok=True)
-    wrapped = _probability_model(model)
+    wrapped = _probability_model(model, with_maps=config.heatmaps)
     spec = [InputSpec([None, 3, config.img_size, config.img_size], "float32", config.input_name)]
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:

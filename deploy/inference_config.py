@@ -7,7 +7,11 @@ An export folder holds
   ``x`` float32 [N, 3, S, S] (normalised as below), output float32 [N, C]: sigmoid
   probabilities (the sigmoid is inside the program);
 * ``inference.yml``: everything else infer.py needs (model, image size S, mean/std, class
-  names, default threshold, dataset), read into a :class:`DeployConfig`;
+  names, default threshold, per-class thresholds when they were tuned, dataset), read into a
+  :class:`DeployConfig`;
+* with ``export_model.py --with_heatmaps`` the program has a second output ``maps`` float32
+  [N, C, S/s, S/s]: the CSRA head's combined class maps (``models.csra``), used by
+  ``infer.py --heatmap_dir``;
 * optionally ``model.onnx`` (``export_model.py --onnx``) and ``model_int8.onnx``
   (``export_model.py --quantize int8``: static post-training quantisation, run by infer.py's
   ``onnxruntime`` backend with ``--precision int8``); the yml records both.
@@ -76,7 +80,11 @@ class DeployConfig:
         img_size: S, the square input side the program was exported for.
         mean, std: per-channel normalisation used by ``datasets.transforms.preprocess``.
         class_names: C names in output order.
-        threshold: default score threshold of infer.py.
+        threshold: default score threshold of infer.py (every class).
+        thresholds: C per-class thresholds (tuned with ``val.py --tune_thresholds``), used
+            instead of ``threshold`` when present; None otherwise.
+        thresholds_source: where ``thresholds`` came from (the thresholds.json and its split).
+        heatmaps: the program also outputs the class maps [N, C, h, w] (``--with_heatmaps``).
         dataset: the ``--dataset`` of the weights (informational).
         input_name: the program's input name.
         output: what the program outputs (always ``probabilities``).
@@ -98,6 +106,9 @@ class DeployConfig:
     attention: str | None = None
     attention_stages: list[int] | None = None
     threshold: float = 0.5
+    thresholds: list[float] | None = None
+    thresholds_source: str = ""
+    heatmaps: bool = False
     dataset: str = DEFAULT_DATASET
     input_name: str = INPUT_NAME
     output: str = "probabilities"
@@ -184,6 +195,16 @@ class DeployConfig:
             raise bad("std must not contain 0")
         if not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold):
             raise bad(f"threshold must be a number, got {self.threshold!r}")
+        if self.thresholds is not None:
+            values = self.thresholds
+            if not (isinstance(values, list) and len(values) == self.num_classes
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)):
+                raise bad(f"thresholds must list num_classes={self.num_classes} numbers in [0, 1] or be null")
+            self.thresholds = [float(v) for v in values]
+        if not isinstance(self.thresholds_source, str):
+            raise bad(f"thresholds_source must be text, got {self.thresholds_source!r}")
+        if not isinstance(self.heatmaps, bool):
+            raise bad(f"heatmaps must be true or false, got {self.heatmaps!r}")
         stages = self.attention_stages
         if stages is not None and not (isinstance(stages, list) and all(isinstance(v, int) and 1 <= v <= 4 for v in stages)):
             raise bad(f"attention_stages must be a list of stages 1..4 or null, got {stages!r}")

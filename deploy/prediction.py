@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,26 +62,133 @@ def iter_batches(
         yield Batch(chunk, np.stack(arrays))
 
 
-def selected_classes(scores: np.ndarray, threshold: float, topk: int | None) -> list[int]:
-    """Class indices to report for one image: score >= threshold, best first, at most ``topk``."""
+@dataclass(frozen=True)
+class DecisionThresholds:
+    """Which sigmoid score makes a class "present": one global value or one per class, and their origin.
+
+    Attributes:
+        values: a float (every class) or a tuple of C floats (tuned per class).
+        source: how they were chosen, shown to users, e.g. ``global 0.5 (default)`` or
+            ``tuned per class: RUN/thresholds.json (tuned on val_voc07.json)``.
+    """
+
+    values: float | tuple[float, ...]
+    source: str
+
+    @property
+    def per_class(self) -> bool:
+        """True when every class has its own threshold."""
+        return isinstance(self.values, tuple)
+
+    def as_array(self, num_classes: int) -> np.ndarray:
+        """The thresholds as float64 [C] (a global value repeated)."""
+        if self.per_class:
+            return np.asarray(self.values, dtype=np.float64)
+        return np.full(num_classes, float(self.values), dtype=np.float64)
+
+    def to_dict(self) -> dict:
+        """JSON form: ``{"kind": "global"|"per_class", "values": float|[C], "source": str}``."""
+        return {"kind": "per_class" if self.per_class else "global",
+                "values": list(self.values) if self.per_class else float(self.values), "source": self.source}
+
+
+def global_thresholds(value: float, why: str) -> DecisionThresholds:
+    """One threshold for every class; ``why`` says where it came from (``--threshold``, ``default``...)."""
+    return DecisionThresholds(float(value), f"global {float(value):g} ({why})")
+
+
+def choose_thresholds(
+    class_names: Sequence[str],
+    *,
+    override: float | None = None,
+    thresholds_file: str | None = None,
+    weights: str | None = None,
+    stored: Sequence[float] | None = None,
+    stored_source: str = "",
+    default: float = 0.5,
+    default_source: str = "default",
+) -> DecisionThresholds:
+    """The thresholds a prediction uses, in order of precedence.
+
+    1. ``override`` (``--threshold X``): X for every class;
+    2. ``thresholds_file`` (``--thresholds FILE``): the per-class thresholds in that file;
+    3. ``thresholds.json`` beside ``weights`` (written by ``val.py --tune_thresholds``);
+    4. ``stored`` per-class thresholds (inference.yml of an export), described by ``stored_source``;
+    5. ``default`` for every class.
+
+    Args:
+        class_names: the model's C class names; a thresholds file must list the same names.
+    Returns:
+        ``DecisionThresholds``.
+    Raises:
+        UserError: ``override`` and ``thresholds_file`` both given, or a thresholds file that
+            is unreadable, invalid or made for other classes (names the file and the fix).
+    """
+    from evaluation.thresholds import THRESHOLDS_FILENAME, ClassThresholds
+
+    if override is not None and thresholds_file:
+        raise UserError(f"--threshold {override} and --thresholds {thresholds_file} exclude each other: --threshold sets "
+                        "one value for every class, --thresholds reads one per class; give only one")
+    if override is not None:
+        return global_thresholds(override, "--threshold")
+    path = Path(thresholds_file) if thresholds_file else None
+    if path is None and weights and not str(weights).startswith(("http://", "https://")):
+        beside = Path(weights).expanduser().parent / THRESHOLDS_FILENAME
+        path = beside if beside.is_file() else None
+    if path is not None:
+        tuned = ClassThresholds.load(path, expected_classes=list(class_names))
+        where = f" (tuned on {tuned.split})" if tuned.split else ""
+        return DecisionThresholds(tuple(float(v) for v in tuned.thresholds), f"tuned per class: {path}{where}")
+    if stored is not None:
+        return DecisionThresholds(tuple(float(v) for v in stored), stored_source or "tuned per class")
+    return global_thresholds(default, default_source)
+
+
+def deploy_thresholds(deploy: Any, threshold: float | None, thresholds_file: str | None) -> DecisionThresholds:
+    """The thresholds of an export: ``threshold`` > ``thresholds_file`` > inference.yml's per-class > its global one."""
+    return choose_thresholds(deploy.class_names, override=threshold, thresholds_file=thresholds_file,
+                             stored=deploy.thresholds, stored_source=deploy.thresholds_source or "tuned per class (inference.yml)",
+                             default=deploy.threshold, default_source="inference.yml")
+
+
+def _threshold_values(threshold: float | np.ndarray | DecisionThresholds, num_classes: int) -> np.ndarray:
+    if isinstance(threshold, DecisionThresholds):
+        return threshold.as_array(num_classes)
+    return np.broadcast_to(np.asarray(threshold, dtype=np.float64), (num_classes,))
+
+
+def selected_classes(scores: np.ndarray, threshold: float | np.ndarray | DecisionThresholds, topk: int | None) -> list[int]:
+    """Class indices to report for one image (scores [C]): score >= its class's threshold, at most ``topk``.
+
+    ``threshold``: one float, an array [C] or ``DecisionThresholds``. Returns the indices in
+    class order, or best first when ``topk`` is given.
+    """
+    limits = _threshold_values(threshold, len(scores))
     order = np.argsort(-scores, kind="stable")
-    chosen = [int(c) for c in order if scores[c] >= threshold]
+    chosen = [int(c) for c in order if scores[c] >= limits[c]]
     return chosen[:topk] if topk else sorted(chosen)
 
 
-def prediction_line(path: str, scores: np.ndarray, names: Sequence[str], threshold: float, topk: int | None) -> str:
+def prediction_line(path: str, scores: np.ndarray, names: Sequence[str], threshold: float | np.ndarray | DecisionThresholds,
+                    topk: int | None) -> str:
     """The reference's output line: ``<path> prediction: dog,person,`` (trailing comma)."""
     chosen = selected_classes(scores, threshold, topk)
     return f"{path} prediction: " + "".join(f"{names[c]}," for c in chosen)
 
 
-def prediction_record(path: str, scores: np.ndarray, names: Sequence[str], threshold: float, topk: int | None) -> dict:
-    """Machine-readable prediction: ``{"img_path", "scores", "labels": [{"class", "score"}]}``."""
-    chosen = selected_classes(scores, threshold, topk)
+def prediction_record(path: str, scores: np.ndarray, names: Sequence[str], threshold: float | np.ndarray | DecisionThresholds,
+                      topk: int | None) -> dict:
+    """Machine-readable prediction: ``{"img_path", "scores", "labels": [{"class", "score", "threshold"}], "thresholds"}``.
+
+    ``thresholds`` says which thresholds were used (``DecisionThresholds.source``, or ``given``).
+    """
+    limits = _threshold_values(threshold, len(scores))
+    chosen = selected_classes(scores, limits, topk)
     return {
         "img_path": path,
         "scores": [float(s) for s in scores],
-        "labels": [{"class": names[c], "score": float(scores[c])} for c in chosen],
+        "labels": [{"class": names[c], "score": float(scores[c]), "threshold": float(limits[c])} for c in chosen],
+        "thresholds": threshold.source if isinstance(threshold, DecisionThresholds) else "given",
     }
 
 
@@ -123,3 +231,39 @@ def check_output_path(path: str | None, flag: str = "--output") -> None:
                         "write elsewhere or fix its permissions") from None
     os.close(fd)
     os.unlink(probe)
+
+
+class HeatmapWriter:
+    """Writes the class-attention heatmaps of predict.py / infer.py into one folder.
+
+    Per image: a PNG per reported class and one contact sheet (``deploy.heatmaps``), named
+    after the image; two inputs with the same file stem get ``_2``, ``_3``... so none is
+    overwritten.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], flag: str = "--heatmap_dir") -> None:
+        from utils.fileio import prepare_output_dir
+
+        self.out_dir = prepare_output_dir(Path(out_dir).expanduser(), flag)
+        self._stems: dict[str, int] = {}
+
+    def _stem(self, path: str) -> str:
+        stem = Path(path).stem or "image"
+        chosen, k = stem, 1
+        while chosen in self._stems:  # a.jpg, a.png, a_2.jpg -> a, a_2, a_2_2: never a name already used
+            k += 1
+            chosen = f"{stem}_{k}"
+        self._stems[chosen] = 1
+        return chosen
+
+    def write(self, path: str, maps: np.ndarray, scores: np.ndarray, chosen: Sequence[int], names: Sequence[str]) -> list[Path]:
+        """Draw the maps [C, h, w] of the classes ``chosen`` over the image at ``path`` (read again, full size).
+
+        Args:
+            scores: the image's probabilities [C] (written in each picture's corner).
+        Returns:
+            the PNG paths written.
+        """
+        from deploy.heatmaps import write_image_heatmaps
+
+        return write_image_heatmaps(self.out_dir, path, load_rgb(path), maps, scores, list(chosen), names, stem=self._stem(path))

@@ -184,7 +184,8 @@ class Predictor(InferenceBackend):
             raise UserError(f"{files.model_file} has inputs {names}, but inference.yml says '{deploy.input_name}': "
                             f"the files come from different exports; re-export ({EXPORT_HINT})")
         self.input = self.predictor.get_input_handle(deploy.input_name)
-        self.output_name = self.predictor.get_output_names()[0]
+        self.output_names = self.predictor.get_output_names()
+        self.output_name = self.output_names[0]
 
     def configure(self, config: Any) -> None:
         """Hook for subclasses: change the ``paddle.inference.Config`` before the predictor is created."""
@@ -204,6 +205,14 @@ class Predictor(InferenceBackend):
             return self.predictor.get_output_handle(self.output_name).copy_to_cpu()
         except Exception as exc:
             raise UserError(self._mismatch_message("running", exc)) from None
+
+    def run_with_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One run of a ``--with_heatmaps`` export: (float32 [B, C], class maps float32 [B, C, h, w])."""
+        if len(self.output_names) < 2:
+            raise UserError(f"{self.files.model_file} has one output but inference.yml says it has class maps: the files come "
+                            f"from different exports; re-export ({EXPORT_HINT} --with_heatmaps)")
+        probs = self.run(batch)
+        return probs, self.predictor.get_output_handle(self.output_names[1]).copy_to_cpu()
 
 
 # --------------------------------------------------------------------------- input pipeline
@@ -385,7 +394,9 @@ class InferConfig:
         model_dir, model_file, params_file: the export (see ``find_model_files``).
         batch_size: images per predictor run.
         num_workers: processes decoding the next images (0: the main thread).
-        threshold: report classes with score >= this; None: inference.yml's.
+        threshold: report classes with score >= this (every class); None: inference.yml's.
+        thresholds_file: a thresholds.json (per class) used instead of inference.yml's thresholds.
+        heatmap_dir: draw the class-attention heatmaps there (needs an export ``--with_heatmaps``).
         topk: at most this many classes per line, or None.
         output: optional JSON file of all scores (predict.py's format).
         runtime: the runtime options (device, precision, threads, Paddle Inference switches).
@@ -400,6 +411,8 @@ class InferConfig:
     batch_size: int = 8
     num_workers: int = 1
     threshold: float | None = None
+    thresholds_file: str | None = None
+    heatmap_dir: str | None = None
     topk: int | None = None
     output: str | None = None
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
@@ -416,15 +429,21 @@ def run_infer(config: InferConfig) -> int:
     """
     from deploy.benchlog import BenchInfo, StageTimer, print_report
     from utils.fileio import atomic_write_json
-    from deploy.prediction import check_output_path, prediction_line, prediction_record, report_failures
+    from deploy.prediction import (HeatmapWriter, check_output_path, deploy_thresholds, prediction_line, prediction_record,
+                                   report_failures, selected_classes)
 
     files = find_model_files(config.model_dir, config.model_file, config.params_file)
     if files.config_file is None:
         raise UserError(f"no inference.yml beside {files.model_file}: infer.py needs it for the image size, normalisation "
                         f"and class names; re-export with `{EXPORT_HINT}`")
     deploy = DeployConfig.load(files.config_file)
-    threshold = deploy.threshold if config.threshold is None else config.threshold
+    threshold = deploy_thresholds(deploy, config.threshold, config.thresholds_file)
+    if config.heatmap_dir and not deploy.heatmaps:
+        raise UserError(f"--heatmap_dir needs an export with class maps, but {files.config_file} has none: export again with "
+                        f"`{EXPORT_HINT} --with_heatmaps`")
+    log.info("thresholds: %s", threshold.source)
     check_output_path(config.output)
+    heatmaps = HeatmapWriter(config.heatmap_dir) if config.heatmap_dir else None
     paths = collect_input_files(config.input_file)
     opts = config.runtime
     from deploy.backends import choose_backend, create_backend
@@ -443,7 +462,10 @@ def run_infer(config: InferConfig) -> int:
         timer.start()
         for batch in batches:
             with timer.stage("inference"):
-                probs = predictor(batch.images)
+                if heatmaps is not None:
+                    probs, maps = predictor.with_maps(batch.images)
+                else:
+                    probs = predictor(batch.images)
             with timer.stage("postprocess"):
                 lines = []
                 for path, row in zip(batch.paths, probs):
@@ -451,6 +473,9 @@ def run_infer(config: InferConfig) -> int:
                     if config.output:
                         records.append(prediction_record(path, row, deploy.class_names, threshold, config.topk))
                 print("\n".join(lines), flush=True)
+            if heatmaps is not None:
+                for path, row, class_maps in zip(batch.paths, probs, maps):
+                    heatmaps.write(path, class_maps, row, selected_classes(row, threshold, config.topk), deploy.class_names)
             timer.count(len(batch.paths))
         timer.stop()
     report_failures(failures)

@@ -79,6 +79,30 @@ class InferenceBackend:
                             f"{self.deploy.num_classes} classes: the files come from different exports; re-export ({EXPORT_HINT})")
         return probs
 
+    def run_with_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Execute an export with heatmaps on a checked batch -> (float32 [B, C], maps float32 [B, C, h, w])."""
+        raise UserError(f"the {self.name} backend cannot read the class maps of {self.model_path}; use --backend paddle")
+
+    def with_maps(self, images: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Run one batch of an ``export_model.py --with_heatmaps`` export.
+
+        Returns:
+            (probabilities float32 [B, C], combined class maps float32 [B, C, h, w]).
+        Raises:
+            UserError: the export has no map output (re-export with ``--with_heatmaps``), or
+                the input/outputs do not fit inference.yml.
+        """
+        if not self.deploy.heatmaps:
+            raise UserError(f"{self.model_path} was exported without class maps; export it again with "
+                            f"`{EXPORT_HINT} --with_heatmaps` to draw heatmaps")
+        batch = as_batch(images, self.deploy.img_size)
+        probs, maps = (np.asarray(a, dtype=np.float32) for a in self.run_with_maps(batch))
+        c = self.deploy.num_classes
+        if probs.shape != (batch.shape[0], c) or maps.ndim != 4 or maps.shape[:2] != (batch.shape[0], c):
+            raise UserError(f"{self.model_path} outputs shapes {list(probs.shape)} and {list(maps.shape)}, but inference.yml "
+                            f"lists {c} classes with heatmaps: the files come from different exports; re-export ({EXPORT_HINT})")
+        return probs, maps
+
     def warmup(self, batch_size: int, runs: int = 1) -> None:
         """Run ``runs`` zero batches [batch_size, 3, S, S] (first-run set-up costs stay out of the timings)."""
         zeros = np.zeros((batch_size, 3, self.deploy.img_size, self.deploy.img_size), np.float32)

@@ -90,7 +90,8 @@ class OnnxRuntimeBackend(InferenceBackend):
         if deploy.input_name not in names:
             raise UserError(f"{path} has inputs {names}, but inference.yml says '{deploy.input_name}': the files come from "
                             f"different exports; re-export ({EXPORT_HINT} --onnx)")
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_name = self.output_names[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """One session run on a checked batch float32 [B, 3, S, S] -> float32 [B, C]."""
@@ -99,6 +100,19 @@ class OnnxRuntimeBackend(InferenceBackend):
         except Exception as exc:
             raise UserError(f"onnxruntime failed on {self.model_path} ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]})") from None
+
+
+    def run_with_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One run of a ``--with_heatmaps`` export: (float32 [B, C], class maps float32 [B, C, h, w])."""
+        if len(self.output_names) < 2:
+            raise UserError(f"{self.model_path} has one output but inference.yml says it has class maps; "
+                            f"re-export ({EXPORT_HINT} --onnx --with_heatmaps)")
+        try:
+            probs, maps = self.session.run(self.output_names[:2], {self.deploy.input_name: batch})
+        except Exception as exc:
+            raise UserError(f"onnxruntime failed on {self.model_path} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]})") from None
+        return probs, maps
 
 
 def create(files: ModelFiles, deploy: DeployConfig, opts: Any) -> OnnxRuntimeBackend:
