@@ -74,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="loader workers pass batches through /dev/shm (disable where it is small, e.g. Docker) (default: on)")
     add_device_arg(run, defaults_from=FROM_RESUMED_RUN)
     add_image_limit_arg(run)
+    after = parser.add_argument_group("reporting")
+    after.add_argument("--val_json", default=None,
+                       help="validation split for --tune_thresholds (default: the dataset's, e.g. data/voc07/val_voc07.json); "
+                       "it should hold images the model does not train on (e.g. --train_json train_voc07.json)")
+    after.add_argument("--tune_thresholds", action="store_true", default=None,
+                       help="after training, tune one threshold per class (best F1) of best.pdparams on --val_json and write "
+                       "save_dir/thresholds.json, which predict.py, infer.py and export_model.py then use")
+    after.add_argument("--visualdl", action="store_true", default=None,
+                       help="log loss, lr, throughput and the evaluation metrics to VisualDL in save_dir/vdl "
+                       "(pip install -r requirements-vdl.txt; view with: visualdl --logdir save_dir/vdl)")
     return parser
 
 
@@ -94,7 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"interrupted by {exc.signal_name}: resume with --resume {config.save_dir}", file=sys.stderr)
         return exc.exit_code
+    finish_run(config)
     return 0
+
+
+def finish_run(config) -> None:
+    """After training (main process only): plot metrics.jsonl and, with --tune_thresholds, tune thresholds."""
+    import paddle.distributed as dist
+
+    from engine.after_training import finish_training
+
+    if dist.get_rank() == 0:
+        finish_training(config)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from cli.args import (DEFAULT_TRAIN_SAVE_DIR, drop_rate_float, ema_decay, finite
 from cli.loading import check_weights_path
 from datasets.config import DEFAULT_DATASET, dataset_defaults, resolve_classes
 from deploy.export import ExportConfig, check_weights_choice
+from deploy.prediction import DecisionThresholds, choose_thresholds
 from deploy.predictor import InferConfig, RuntimeOptions
 from engine.config import TrainConfig
 from engine.losses import LOSSES
@@ -109,9 +110,9 @@ _VALUE_TYPES: dict[str, Callable[[str], Any]] = {
     "print_freq": non_negative_int, "ema": ema_decay, "drop_rate": drop_rate_float, "drop_path_rate": drop_rate_float,
     "asl_gamma_neg": finite_non_negative_float, "asl_gamma_pos": finite_non_negative_float, "asl_clip": shift_float,
 }
-_BOOL_KEYS = ("freeze_bn", "amp", "shared_memory", "ignore_unknown")
-_TEXT_KEYS = ("model", "attention", "dataset", "train_json", "test_json", "classes", "pretrained", "device", "loss")
-_PATH_KEYS = ("train_json", "test_json", "classes", "pretrained")
+_BOOL_KEYS = ("freeze_bn", "amp", "shared_memory", "ignore_unknown", "tune_thresholds", "visualdl")
+_TEXT_KEYS = ("model", "attention", "dataset", "train_json", "test_json", "classes", "pretrained", "device", "loss", "val_json")
+_PATH_KEYS = ("train_json", "test_json", "classes", "pretrained", "val_json")
 
 #: train.py settings a resumed run takes from its config.json (every flag but --resume,
 #: --save_dir and --max_image_pixels, which is a per-invocation safety limit).
@@ -120,7 +121,7 @@ RESUMED_KEYS: tuple[str, ...] = (
     "model", "num_heads", "lam", "num_cls", "attention", "attention_stages", "img_size", "dataset", "train_json", "test_json",
     "classes", "batch_size", "lr", "momentum", "w_d", "warmup_epoch", "lr_step", "total_epoch", "seed", "freeze_bn", "amp",
     "pretrained", "eval_interval", "threshold", "print_freq", "num_workers", "shared_memory", "device",
-    "loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "ignore_unknown",
+    "loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "ignore_unknown", "val_json", "tune_thresholds", "visualdl",
 )
 #: the loss flags' defaults: what a run whose config.json predates these flags trained with.
 _LOSS_DEFAULTS: dict[str, Any] = {
@@ -131,6 +132,7 @@ _NONE_IS_A_SETTING: tuple[str, ...] = ("ema",)
 #: flags a resumed run may change: they do not alter what the checkpoint's training computes.
 RESUME_OVERRIDABLE: tuple[str, ...] = (
     "total_epoch", "eval_interval", "print_freq", "num_workers", "shared_memory", "device", "threshold",
+    "val_json", "tune_thresholds", "visualdl",
 )
 _WHY_FIXED = {
     **dict.fromkeys(("model", "num_heads", "lam", "num_cls", "attention", "attention_stages", "img_size", "drop_rate",
@@ -314,6 +316,18 @@ def resolve_train(args: argparse.Namespace) -> TrainConfig:
             raise UserError(f"{flag} {path} not found; prepare the dataset first (see README: Preparing datasets) or pass {flag}")
     classes, source = resolve_classes(dataset, values.get("classes"), train_json)
     num_classes = check_num_classes(values.get("num_cls"), classes, source)
+    tune = bool(pick("tune_thresholds", False))
+    val_json = values.get("val_json")
+    if tune:
+        val_json = resolve_val_json(val_json, dataset, test_json, allow_test=False,
+                                    test_fix="or tune afterwards with val.py --tune_thresholds --tune_on_test")
+    elif val_json and not Path(val_json).is_file():
+        raise UserError(f"--val_json {val_json} not found; prepare it or drop --val_json")
+    visualdl = bool(pick("visualdl", False))
+    if visualdl:
+        from engine.visual_log import check_visualdl_available
+
+        check_visualdl_available()  # before any training work
     loss = pick("loss", TrainConfig.loss)
     stray = [f"--{key}" for key in ("asl_gamma_neg", "asl_gamma_pos", "asl_clip") if key in given]
     if stray and loss != "asl":
@@ -337,6 +351,7 @@ def resolve_train(args: argparse.Namespace) -> TrainConfig:
         shared_memory=pick("shared_memory", TrainConfig.shared_memory), freeze_bn=pick("freeze_bn", TrainConfig.freeze_bn),
         amp=pick("amp", TrainConfig.amp), ema=pick("ema", TrainConfig.ema), device=pick("device", TrainConfig.device),
         pretrained=values.get("pretrained"), resume=resume, classes_file=values.get("classes"),
+        val_json=str(val_json) if val_json else None, tune_thresholds=tune, visualdl=visualdl,
     )
 
 
@@ -356,6 +371,12 @@ class EvalSettings:
         threshold: score threshold of CP/CR/CF1/OP/OR/OF1.
         save_scores, json_out: optional output files.
         device: ``auto``, ``cpu`` or ``gpu``.
+        tune_thresholds: tune per-class thresholds on ``val_json`` and write ``thresholds_out``.
+        val_json: the validation split of the tuning (None without tuning).
+        thresholds_out: where the tuned thresholds go (thresholds.json beside the weights).
+        thresholds: per-class thresholds to compare with the global one (``--thresholds`` or
+            the thresholds.json beside the weights), or None.
+        plots_dir: folder for the PR-curve and AP plots, or None.
     """
 
     weights: str
@@ -371,6 +392,11 @@ class EvalSettings:
     save_scores: str | None = None
     json_out: str | None = None
     device: str = "auto"
+    tune_thresholds: bool = False
+    val_json: str | None = None
+    thresholds_out: str | None = None
+    thresholds: DecisionThresholds | None = None
+    plots_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -412,6 +438,26 @@ def resolve_eval(args: argparse.Namespace) -> EvalSettings:
     if not Path(test_json).is_file():
         raise UserError(f"--test_json {test_json} not found; prepare the dataset first or pass --test_json")
     trained = _trained_run(args, args.load_from, test_json)
+    tune = bool(getattr(args, "tune_thresholds", None))
+    val_json = resolve_val_json(getattr(args, "val_json", None), dataset, test_json, bool(getattr(args, "tune_on_test", None))) if tune else None
+    thresholds_out = None
+    if tune:
+        if str(args.load_from).startswith(("http://", "https://")):
+            raise UserError("--tune_thresholds writes thresholds.json beside the weights: download them first and pass the local file")
+        from evaluation.thresholds import thresholds_beside
+
+        thresholds_out = str(thresholds_beside(args.load_from))
+    compare = None
+    if not tune:
+        chosen = choose_thresholds(trained.class_names, thresholds_file=getattr(args, "thresholds", None), weights=args.load_from)
+        compare = chosen if chosen.per_class else None
+    elif getattr(args, "thresholds", None):
+        raise UserError("--thresholds FILE and --tune_thresholds exclude each other: tuning writes new thresholds beside the weights")
+    plots_dir = getattr(args, "plots", None)
+    if plots_dir:
+        from utils.fileio import prepare_output_dir
+
+        prepare_output_dir(plots_dir, "--plots")
     return EvalSettings(
         weights=args.load_from, model=trained.model, class_names=trained.class_names,
         dataset=trained.dataset, test_json=str(test_json), mean=tuple(trained.recipe.mean), std=tuple(trained.recipe.std),
@@ -419,7 +465,30 @@ def resolve_eval(args: argparse.Namespace) -> EvalSettings:
         num_workers=EvalSettings.num_workers if args.num_workers is None else args.num_workers,
         threshold=EvalSettings.threshold if args.threshold is None else args.threshold,
         save_scores=args.save_scores, json_out=args.json_out, device=args.device or EvalSettings.device,
+        tune_thresholds=tune, val_json=val_json, thresholds_out=thresholds_out, thresholds=compare, plots_dir=plots_dir,
     )
+
+
+def resolve_val_json(val_json: str | None, dataset: str, test_json: str | None, allow_test: bool, flag: str = "--val_json",
+                     test_fix: str = "or add --tune_on_test to do it anyway") -> str:
+    """The validation split of threshold tuning: ``val_json``, else the dataset's default.
+
+    Raises:
+        UserError: no split given and the dataset has none (or it was not prepared), the file is
+            missing, or it is the test split without ``--tune_on_test`` (tuning on the test split
+            makes the tuned test metrics optimistic).
+    """
+    path = val_json or dataset_defaults(dataset).val_json
+    if not path:
+        raise UserError(f"--tune_thresholds needs a validation split: pass {flag} FILE (a prepared split JSON the model "
+                        f"did not train on); --dataset {dataset} has no default one")
+    if not Path(path).is_file():
+        how = "" if val_json else " (the dataset's default; datasets/prepare_voc.py writes it when train.txt and val.txt exist)"
+        raise UserError(f"{flag} {path} not found{how}; prepare it or pass {flag} FILE")
+    if test_json and os.path.realpath(path) == os.path.realpath(test_json) and not allow_test:
+        raise UserError(f"{flag} {path} is the test split: thresholds tuned on it make its metrics optimistic; tune on a "
+                        f"validation split (e.g. val_voc07.json of datasets/prepare_voc.py), {test_fix}")
+    return str(path)
 
 
 # --------------------------------------------------------------------------- predict.py
@@ -432,8 +501,12 @@ class PredictSettings:
         mean, std: the dataset's normalisation.
         images: image files given as arguments; img_dir: a folder of images, or None.
         batch_size: images per forward pass.
-        threshold, topk: which classes a line reports.
+        threshold: the default global threshold (``--threshold``'s default).
+        thresholds: the thresholds used (``--threshold``, ``--thresholds FILE``, the
+            thresholds.json beside the weights, else ``threshold``); says where they came from.
+        topk: at most this many classes per line.
         output: optional JSON file of all scores.
+        heatmap_dir: folder for the class-attention heatmaps, or None.
         device: ``auto``, ``cpu`` or ``gpu``.
     """
 
@@ -447,9 +520,19 @@ class PredictSettings:
     img_dir: str | None = None
     batch_size: int = 8
     threshold: float = 0.5
+    thresholds: DecisionThresholds | None = None
     topk: int | None = None
     output: str | None = None
+    heatmap_dir: str | None = None
     device: str = "auto"
+
+
+def resolve_thresholds(args: argparse.Namespace, class_names: tuple[str, ...], weights: str | None,
+                       default: float) -> DecisionThresholds:
+    """The thresholds of predict.py / val.py / export_model.py: ``--threshold`` (every class), else
+    ``--thresholds FILE``, else the thresholds.json beside the weights, else ``default``."""
+    return choose_thresholds(class_names, override=args.threshold, thresholds_file=getattr(args, "thresholds", None),
+                             weights=weights, default=default)
 
 
 def resolve_predict(args: argparse.Namespace) -> PredictSettings:
@@ -465,8 +548,9 @@ def resolve_predict(args: argparse.Namespace) -> PredictSettings:
         dataset=trained.dataset, mean=tuple(trained.recipe.mean), std=tuple(trained.recipe.std),
         images=tuple(args.images or ()), img_dir=args.img_dir,
         batch_size=args.batch_size or PredictSettings.batch_size,
-        threshold=PredictSettings.threshold if args.threshold is None else args.threshold, topk=args.topk,
-        output=args.output, device=args.device or PredictSettings.device,
+        threshold=PredictSettings.threshold if args.threshold is None else args.threshold,
+        thresholds=resolve_thresholds(args, trained.class_names, args.load_from, PredictSettings.threshold), topk=args.topk,
+        output=args.output, heatmap_dir=getattr(args, "heatmap_dir", None), device=args.device or PredictSettings.device,
     )
 
 
@@ -486,11 +570,14 @@ def resolve_export(args: argparse.Namespace) -> ExportConfig:
     quantize, calib_dir, calib_images = (getattr(args, k, None) for k in ("quantize", "calib_dir", "calib_images"))
     check_quantize_request(quantize, calib_dir, calib_images)  # before the model is built
     trained = _trained_run(args, args.model_path)
+    chosen = resolve_thresholds(args, trained.class_names, args.model_path, ExportConfig.threshold)
     return ExportConfig(
         model=trained.model, class_names=trained.class_names, dataset=trained.dataset,
         mean=tuple(trained.recipe.mean), std=tuple(trained.recipe.std),
         save_dir=args.save_dir or ExportConfig.save_dir, weights=args.model_path,
-        threshold=ExportConfig.threshold if args.threshold is None else args.threshold, onnx=bool(args.onnx),
+        threshold=ExportConfig.threshold if args.threshold is None else args.threshold,
+        thresholds=chosen.values if chosen.per_class else None, thresholds_source=chosen.source if chosen.per_class else "",
+        with_heatmaps=bool(getattr(args, "with_heatmaps", False)), onnx=bool(args.onnx),
         opset=args.opset or ExportConfig.opset, quantize=quantize, calib_dir=calib_dir,
         calib_images=calib_images or DEFAULT_CALIB_IMAGES,
     )
@@ -509,6 +596,8 @@ def resolve_infer(args: argparse.Namespace) -> InferConfig:
     )
     return InferConfig(
         input_file=args.input_file, model_dir=args.model_dir, model_file=args.model_file, params_file=args.params_file,
-        batch_size=args.batch_size, num_workers=args.num_workers, threshold=args.threshold, topk=args.topk, output=args.output,
+        batch_size=args.batch_size, num_workers=args.num_workers, threshold=args.threshold,
+        thresholds_file=getattr(args, "thresholds", None), heatmap_dir=getattr(args, "heatmap_dir", None),
+        topk=args.topk, output=args.output,
         runtime=runtime, enable_benchmark=args.enable_benchmark, warmup=args.warmup, backend=getattr(args, "backend", None) or "auto",
     )

@@ -36,6 +36,7 @@ class DatasetDefaults:
 
     Attributes:
         train_json, test_json: default split files.
+        val_json: default validation split (threshold tuning), or None when the dataset has none.
         step_epochs: epochs between x0.1 learning-rate decays.
         policy: the evaluator's label policy; None: decided from the labels (custom data).
         mean, std: per-channel normalisation after scaling pixels to [0, 1].
@@ -49,6 +50,7 @@ class DatasetDefaults:
     mean: tuple[float, float, float] = DEFAULT_MEAN
     std: tuple[float, float, float] = DEFAULT_STD
     random_crop: bool = True
+    val_json: str | None = None
 
     def train_transform(self, img_size: int) -> TrainTransform:
         """The training augmentation of this recipe.
@@ -75,12 +77,14 @@ DEFAULT_DATASET = "voc07"
 """``--dataset`` when neither the flag nor a training run's config.json names one."""
 
 DATASETS: dict[str, DatasetDefaults] = {
-    "voc07": DatasetDefaults("data/voc07/trainval_voc07.json", "data/voc07/test_voc07.json", 4, "voc07"),
+    "voc07": DatasetDefaults("data/voc07/trainval_voc07.json", "data/voc07/test_voc07.json", 4, "voc07",
+                             val_json="data/voc07/val_voc07.json"),
     "coco": DatasetDefaults("data/coco/train_coco2014.json", "data/coco/val_coco2014.json", 5, "coco"),
     "wider": DatasetDefaults("data/wider/trainval_wider.json", "data/wider/test_wider.json", 5, "wider", WIDER_MEAN, WIDER_STD,
                              random_crop=False),
     "custom": DatasetDefaults("data/custom/train_custom.json", "data/custom/test_custom.json", 4, None),
-    "demo": DatasetDefaults("data/demo/trainval_voc07.json", "data/demo/test_voc07.json", 4, "voc07"),
+    "demo": DatasetDefaults("data/demo/trainval_voc07.json", "data/demo/test_voc07.json", 4, "voc07",
+                            val_json="data/demo/val_voc07.json"),
 }
 
 

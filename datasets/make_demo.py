@@ -447,21 +447,22 @@ def annotation_xml(filename: str, size: tuple[int, int], objects: list[dict[str,
 
 # --------------------------------------------------------------------------- the dataset
 def _split_ids(ids: list[str], rng: np.random.Generator,
-               test_images: int | None = None) -> dict[str, list[str]]:
-    """Split image ids: ``test_images`` (default ~40 %) test, trainval the rest, train / val
-    halves of trainval.
+               test_images: int | None = None, val_images: int | None = None) -> dict[str, list[str]]:
+    """Split image ids: ``test_images`` (default ~40 %) test, trainval the rest, split into
+    train and ``val_images`` val (default: halves).
 
     Args:
         ids: all image ids (at least 4).
         rng: random generator.
         test_images: size of the test split, or None for 40 % of ``ids``.
+        val_images: size of the val split (part of trainval), or None for half of trainval.
     Returns:
         {"train", "val", "trainval", "test"} -> sorted id lists.
     """
     order = [ids[int(k)] for k in rng.permutation(len(ids))]
     n_test = max(1, int(round(0.4 * len(ids)))) if test_images is None else int(test_images)
     test, trainval = order[:n_test], order[n_test:]
-    n_train = (len(trainval) + 1) // 2
+    n_train = (len(trainval) + 1) // 2 if val_images is None else len(trainval) - int(val_images)
     train, val = trainval[:n_train], trainval[n_train:]
     return {"train": sorted(train), "val": sorted(val), "trainval": sorted(trainval),
             "test": sorted(test)}
@@ -497,7 +498,7 @@ def _prepare_out(out: Path) -> Path:
 
 def generate_demo(out: Path, num_images: int = 1200, seed: int = 0,
                   img_size: int = 128, style: Style = DEFAULT_STYLE,
-                  test_images: int | None = None) -> dict[str, Any]:
+                  test_images: int | None = None, val_images: int | None = None) -> dict[str, Any]:
     """Write the synthetic VOC-layout dataset.
 
     Args:
@@ -509,6 +510,8 @@ def generate_demo(out: Path, num_images: int = 1200, seed: int = 0,
         style: difficulty settings (the default is what the demo was tuned with).
         test_images: images in the test split (default: 40 % of ``num_images``); the
             rest is trainval. At least 1 and leaving at least 2 for trainval.
+        val_images: images of trainval listed in val.txt (the rest in train.txt); default
+            half of trainval. At least 1 and leaving at least 1 for train.
     Returns:
         summary dict: ``out``, ``voc_root`` (the VOC2007 folder), ``classes_file``,
         ``classes``, ``num_images``, ``seed``, ``img_size``, ``splits`` (name -> image
@@ -525,6 +528,9 @@ def generate_demo(out: Path, num_images: int = 1200, seed: int = 0,
         raise UserError(f"--seed must be >= 0, got {seed}")
     if test_images is not None and not 1 <= int(test_images) <= int(num_images) - 2:
         raise UserError(f"--test_images must be between 1 and --num_images - 2 ({int(num_images) - 2}), got {test_images}")
+    n_trainval = int(num_images) - (int(test_images) if test_images is not None else max(1, int(round(0.4 * int(num_images)))))
+    if val_images is not None and not 1 <= int(val_images) <= n_trainval - 1:
+        raise UserError(f"--val_images must be between 1 and the trainval size - 1 ({n_trainval - 1}), got {val_images}")
     out = Path(out)
     voc = _prepare_out(out)
     rng = np.random.default_rng(int(seed))
@@ -541,7 +547,7 @@ def generate_demo(out: Path, num_images: int = 1200, seed: int = 0,
         n_difficult += sum(o["difficult"] for o in objects)
         for c in {o["name"] for o in objects if not o["difficult"]}:
             per_class[c] += 1
-    splits = _split_ids(ids, rng, test_images)
+    splits = _split_ids(ids, rng, test_images, val_images)
     for name, members in splits.items():
         (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{m}\n" for m in members))
     classes_file = out / "classes.txt"
@@ -569,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="short image side in pixels (default 128)")
     p.add_argument("--test_images", type=int, default=None,
                    help="images in the test split (default: 40 %% of --num_images)")
+    p.add_argument("--val_images", type=int, default=None,
+                   help="images of trainval in the val split, e.g. for threshold tuning (default: half of trainval)")
     return p
 
 
@@ -577,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     summary = generate_demo(args.out, args.num_images, args.seed, args.img_size,
-                           test_images=args.test_images)
+                           test_images=args.test_images, val_images=args.val_images)
     log.info("wrote %d images (%d objects, %d difficult) to %s in %.1f s",
              summary["num_images"], summary["num_objects"], summary["num_difficult"],
              summary["voc_root"], time.perf_counter() - start)

@@ -57,6 +57,10 @@ class TrainConfig:
         pretrained: initial weights (path, URL or ``imagenet``); not loaded when resuming.
         resume: a save_dir or checkpoint file to continue, or None.
         classes_file: the ``--classes`` file the names came from, if any (recorded only).
+        val_json: a validation split (``--val_json``), or None; used by ``tune_thresholds``.
+        tune_thresholds: after training, tune per-class thresholds of best.pdparams on ``val_json``
+            and write ``thresholds.json`` into save_dir (train.py does it after ``train``).
+        visualdl: log scalars to VisualDL in ``save_dir/vdl`` (``engine.visual_log``).
     """
 
     model: ModelSettings
@@ -90,6 +94,9 @@ class TrainConfig:
     pretrained: str | None = None
     resume: str | None = None
     classes_file: str | None = None
+    val_json: str | None = None
+    tune_thresholds: bool = False
+    visualdl: bool = False
 
     def to_run_config(self) -> dict[str, Any]:
         """The settings as ``config.json`` records them: keys are train.py's flag names.

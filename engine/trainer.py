@@ -65,6 +65,7 @@ from engine.losses import UNKNOWN_VALUES, LossFn, build_loss
 from engine.progress import ProgressLog, echo
 from evaluation.metrics import evaluate, format_reference_lines
 from engine.scoring import predict_scores
+from engine.visual_log import VisualLog
 
 log = get_logger("train")
 CLASSIFIER_LR_SCALE = 10.0
@@ -332,12 +333,16 @@ class Trainer:
         self.checkpoint_dir: Path | None = None  # where a whole checkpoint of this run is (for messages)
         self._lock: RunLock | None = run_lock
         self._log_file: logging.Handler | None = None
+        self.visual: VisualLog | None = None
         try:
             if self.rank == 0 and self._lock is None:  # before any training work: a bad or busy folder fails at once
                 self._lock = claim_save_dir(self.save_dir)
             if self.rank == 0:
                 with self._writing("train.log"):
                     self._log_file = attach_log_file(self.save_dir / "train.log")
+                if config.visualdl:
+                    with self._writing("the VisualDL log"):
+                        self.visual = VisualLog.open(self.save_dir / "vdl")
             self._setup(model, train_loader, test_loader, optimizer, scheduler)
         except BaseException:
             self.close()
@@ -396,7 +401,10 @@ class Trainer:
             raise
 
     def close(self) -> None:
-        """Close ``save_dir/train.log`` and release the run lock of ``save_dir`` (idempotent)."""
+        """Close ``save_dir/train.log`` and the VisualDL log, release the run lock of ``save_dir`` (idempotent)."""
+        visual, self.visual = getattr(self, "visual", None), None
+        if visual is not None:
+            visual.close()
         handler, self._log_file = self._log_file, None
         detach_log_file(handler)
         lock, self._lock = self._lock, None
@@ -518,6 +526,10 @@ class Trainer:
                         remove_checkpoint(self.save_dir, "interrupted")
                     with self._writing("metrics.jsonl"):
                         self._append_metrics(row)
+                    if self.visual is not None:  # one point per epoch; x = epoch
+                        self.visual.scalars(epoch + 1, {k: row[k] for k in ("loss", "lr", "images_per_s") if k in row}, prefix="train")
+                        self.visual.scalars(epoch + 1, {k: v for k, v in row.items() if k not in ("epoch", "loss", "lr", "images_per_s", "time_s")},
+                                            prefix="eval")
                 self._log_epoch(row)
                 if self._sync_stop(stop.check()):
                     return self._save_interrupted(stop.signum)
@@ -568,6 +580,8 @@ class Trainer:
             bar.update(1)
             if _is_main() and progress.due(it):
                 echo(progress.line(it, value, lr))
+            if self.visual is not None:  # one point per step; x = global step
+                self.visual.scalars(epoch * n_batches + it + 1, {"loss": value, "lr": lr}, prefix="train_step")
             if self._sync_stop(stop.check()) and self.state.iteration < n_batches:
                 bar.close()
                 return None

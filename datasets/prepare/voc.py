@@ -23,6 +23,8 @@ EPILOG = """\
 output (in --out_dir):
   trainval_vocYY.json  train.txt + val.txt ids, binary labels (1 present, 0 otherwise;
                        a class whose objects are all "difficult" counts as 0)
+  train_vocYY.json,    the train.txt and val.txt halves of trainval (same labels), written
+  val_vocYY.json       when both lists exist: val.py --tune_thresholds tunes on val_vocYY.json
   test_vocYY.json      test.txt ids, labels 1 present / -1 absent / 0 difficult only
                        (VOC2012 usually has no test.txt: then only trainval is written)
   classes.txt          the class names, one per line, in label order
@@ -77,7 +79,9 @@ def prepare_voc(data_path: str, out_dir: str, *, year: int = 2007,
         absolute: store absolute image paths.
         skip_missing: skip ids with a missing XML or JPEG instead of raising.
     Returns:
-        ``{"trainval": path, "test": path (if written), "classes": path}``.
+        ``{"trainval": path, "test": path (if written), "classes": path}``, plus ``"train"`` and
+        ``"val"`` (``train_vocYY.json``, ``val_vocYY.json``: the two halves of trainval) when
+        ImageSets/Main has train.txt and val.txt.
     Raises:
         UserError: for missing folders/lists, bad annotations or missing files.
     """
@@ -87,7 +91,9 @@ def prepare_voc(data_path: str, out_dir: str, *, year: int = 2007,
     lists = voc_dir / "ImageSets" / "Main"
     classes = read_class_file(classes_file) if classes_file else list(VOC_CLASSES)
 
+    val_ids: set[str] = set()
     if (lists / "train.txt").is_file() and (lists / "val.txt").is_file():
+        val_ids = set(read_id_list(lists / "val.txt"))
         trainval_ids = read_id_list(lists / "train.txt") + read_id_list(lists / "val.txt")
         trainval_source = "ImageSets/Main/train.txt + val.txt"
     elif (lists / "trainval.txt").is_file():
@@ -140,6 +146,12 @@ def prepare_voc(data_path: str, out_dir: str, *, year: int = 2007,
     written: dict[str, Path] = {}
     written["trainval"] = write_json_list(out / f"trainval_{suffix}.json", trainval)
     log.info("wrote %s (%d images)", written["trainval"], len(trainval))
+    val = [e for e in trainval if Path(e["img_path"]).stem in val_ids]
+    train = [e for e in trainval if Path(e["img_path"]).stem not in val_ids]
+    if val and train:  # the train.txt / val.txt halves, for tuning thresholds on data the model did not train on
+        written["train"] = write_json_list(out / f"train_{suffix}.json", train)
+        written["val"] = write_json_list(out / f"val_{suffix}.json", val)
+        log.info("wrote %s (%d images) and %s (%d images)", written["train"], len(train), written["val"], len(val))
     if test_ids is not None:
         written["test"] = write_json_list(out / f"test_{suffix}.json", test)
         log.info("wrote %s (%d images)", written["test"], len(test))

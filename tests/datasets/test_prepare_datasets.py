@@ -215,11 +215,12 @@ def voc07_devkit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_prepare_voc07_layout(voc07_devkit: Path, tmp_path: Path) -> None:
     out = tmp_path / "voc07"
     written = prepare_voc(str(voc07_devkit), str(out))
-    assert set(written) == {"trainval", "test", "classes"}
+    assert set(written) == {"trainval", "train", "val", "test", "classes"}
     trainval, test = load(out / "trainval_voc07.json"), load(out / "test_voc07.json")
     lists = voc07_devkit / "VOC2007" / "ImageSets" / "Main"
     ids = {n: (lists / f"{n}.txt").read_text().split() for n in ("train", "val", "test")}
     assert [Path(e["img_path"]).stem for e in trainval] == ids["train"] + ids["val"]
+    assert load(out / "train_voc07.json") + load(out / "val_voc07.json") == trainval  # the two halves, same labels
     assert [Path(e["img_path"]).stem for e in test] == ids["test"]
     assert (len(trainval), len(test)) == (28, 5)
 
@@ -328,7 +329,7 @@ def test_voc2012_without_test_list(tmp_path: Path) -> None:
     make_voc(tmp_path / "VOC2012", {"x": [("dog", 0)], "y": [("cat", 0)]},
              {"train": ["x"], "val": ["y"]})
     written = prepare_voc(str(tmp_path), str(tmp_path / "out"), year=2012)
-    assert set(written) == {"trainval", "classes"}
+    assert set(written) == {"trainval", "train", "val", "classes"}
     assert len(load(tmp_path / "out" / "trainval_voc12.json")) == 2
     assert not (tmp_path / "out" / "test_voc12.json").exists()
     make_voc(tmp_path / "VOC2007", {"x": [("dog", 0)]}, {"train": ["x"], "val": []})

@@ -24,7 +24,8 @@ def test_val_prints_reference_lines_and_table(two_epochs, tiny_demo, tmp_path: P
     assert re.fullmatch(r"CP: \d\.\d{6}, CR: \d\.\d{6}, CF1 :\d\.\d{6}", lines[1])
     assert re.fullmatch(r"OP: \d\.\d{6}, OR: \d\.\d{6}, OF1 \d\.\d{6}", lines[2])
     for name in tiny_demo["classes"].read_text().split():
-        assert re.search(rf"^\d+\s+{name}\s+\d+\s+\d+\.\d\d$", result.stdout, re.M), name
+        # index, class, positives, AP (%), best-F1 threshold, its F1 (%)
+        assert re.search(rf"^\d+\s+{name}\s+\d+\s+\d+\.\d\d\s+\d\.\d{{4}}\s+\d+\.\d\d$", result.stdout, re.M), name
     # Same weights as the training run's last evaluation -> the same mAP line.
     last_map = re.findall(r"^mAP: \d\.\d{6}$", train_run.stdout, re.M)[-1]
     assert lines[0] == last_map
