@@ -71,6 +71,31 @@ def test_export_and_predictor_match_dygraph(tmp_path) -> None:
         np.testing.assert_allclose(predictor.run(x), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_export_with_class_maps_matches_dygraph(tmp_path) -> None:
+    """--with_heatmaps on EfficientMod: the program's second output is the combined class map."""
+    import paddle.nn.functional as F
+
+    from deploy.backends import create_backend
+    from deploy.export import save_inference_model
+    from deploy.inference_config import DeployConfig, find_model_files
+    from deploy.predictor import RuntimeOptions
+
+    model = tiny()
+    model.eval()
+    config = DeployConfig(model="efficientmod_tiny_test", num_heads=2, lam=0.3, num_classes=3, img_size=64,
+                          mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], class_names=["a", "b", "c"], heatmaps=True)
+    save_inference_model(model, tmp_path, config)
+    files = find_model_files(str(tmp_path))
+    x = np.random.default_rng(2).random((2, 3, 64, 64), dtype=np.float32)
+    with paddle.no_grad():
+        maps = model.class_maps(paddle.to_tensor(x))
+    predictor = create_backend("paddle", files, DeployConfig.load(files.config_file), RuntimeOptions(cpu_threads=1, max_batch_size=2))
+    probs, got = predictor.with_maps(x)
+    assert got.shape == (2, 3, 2, 2)  # 64 px / stride 32
+    np.testing.assert_allclose(probs, F.sigmoid(maps.logits).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, maps.combined.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_command_lines_with_the_smallest_preset(tmp_path) -> None:
     """export_model.py (random weights) and infer.py on efficientmod_xxs at 64 px."""
     from PIL import Image

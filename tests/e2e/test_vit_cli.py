@@ -53,15 +53,20 @@ def test_export_and_infer_reproduce_predict(vit_run: Path, tiny_demo, tmp_path: 
         (images / src.name).write_bytes(src.read_bytes())
     predicted = tmp_path / "predict.json"
     ok(run_script("predict.py", "--load_from", str(vit_run / "best.pdparams"), "--img_dir", str(images),
-                  "--output", str(predicted)))
+                  "--output", str(predicted), "--heatmap_dir", str(tmp_path / "heat_predict"), "--threshold", "0"))
     export = tmp_path / "export"
-    ok(run_script("export_model.py", "--model_path", str(vit_run / "best.pdparams"), "--save_dir", str(export)))
+    ok(run_script("export_model.py", "--model_path", str(vit_run / "best.pdparams"), "--save_dir", str(export),
+                  "--with_heatmaps"))
     assert "model: vit_b16" in (export / "inference.yml").read_text()
     want = json.loads(predicted.read_text())
     for batch in ("1", "3"):
         inferred = tmp_path / f"infer_{batch}.json"
         ok(run_script("infer.py", "--model_dir", str(export), "--input_file", str(images), "--batch_size", batch,
-                      "--output", str(inferred)))
+                      "--output", str(inferred), "--heatmap_dir", str(tmp_path / f"heat_infer_{batch}"), "--threshold", "0"))
+        # the ViT's patch-token maps drawn by both: every class of every image (threshold 0), same files
+        drawn = sorted(p.name for p in (tmp_path / f"heat_infer_{batch}").iterdir())
+        assert drawn == sorted(p.name for p in (tmp_path / "heat_predict").iterdir())
+        assert len(drawn) == 5 * (len(want[0]["scores"]) + 1)
         got = json.loads(inferred.read_text())
         assert [r["img_path"] for r in got] == [r["img_path"] for r in want]
         np.testing.assert_allclose([r["scores"] for r in got], [r["scores"] for r in want], atol=1e-4, rtol=0)
