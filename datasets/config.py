@@ -104,20 +104,25 @@ def dataset_defaults(name: str) -> DatasetDefaults:
 
 
 def label_policy(dataset: str, targets_have_negative_one: bool) -> str:
-    """The evaluator's label policy for a dataset.
+    """The evaluator's label policy for a split of a dataset.
+
+    The VOC encoding (1 present, -1 absent, 0 difficult) is recognised by its -1s: a VOC-style
+    split without any -1 is a binary 1/0 split (trainval_voc07.json and its train/val halves),
+    whose 0s are negatives, not "difficult" entries to ignore.
 
     Args:
         dataset: a key of :data:`DATASETS`.
-        targets_have_negative_one: whether the test labels hold -1 (decides custom data).
+        targets_have_negative_one: whether the split's labels hold -1.
     Returns:
-        a policy name of ``evaluation.metrics.POLICIES`` (custom: voc07 or binary).
+        a policy name of ``evaluation.metrics.POLICIES``: the dataset's (voc07, demo: voc07 for
+        a split with -1s, else binary; custom: voc07 or binary the same way).
     Raises:
         UserError: an unknown dataset.
     """
     policy = dataset_defaults(dataset).policy
-    if policy is not None:
-        return policy
-    return "voc07" if targets_have_negative_one else "binary"
+    if policy is None or policy == "voc07":
+        return "voc07" if targets_have_negative_one else "binary"
+    return policy
 
 
 def _is_local(path: str | os.PathLike) -> bool:

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DEMO_DATA:-data/demo}
 OUT=${DEMO_OUT:-output/demo}
-NUM_IMAGES=${DEMO_IMAGES:-3400}     # 3000 trainval + 400 test
+NUM_IMAGES=${DEMO_IMAGES:-3700}     # 3300 trainval (3000 train + 300 val) + 400 test
 TEST_IMAGES=${DEMO_TEST_IMAGES:-400}
 VAL_IMAGES=${DEMO_VAL_IMAGES:-300}  # of trainval, for threshold tuning; the rest trains
 GEN_SIZE=${DEMO_GEN_SIZE:-64}

@@ -104,3 +104,6 @@ def test_recipe_table() -> None:
     assert dataset_defaults("voc07").train_transform(8).random_crop
     assert label_policy("custom", True) == "voc07" and label_policy("custom", False) == "binary"
     assert label_policy("wider", False) == "wider"
+    # VOC's 1/-1/0 encoding is recognised by its -1s: a binary train/val split's 0s are negatives
+    assert label_policy("voc07", True) == "voc07" and label_policy("voc07", False) == "binary"
+    assert label_policy("demo", False) == "binary"
