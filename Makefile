@@ -14,13 +14,14 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-onnx.txt requiremen
 
 venv: $(STAMP)
 
-# two pytest workers (pytest-xdist): the suite is mostly single-threaded subprocess runs
+# two pytest workers (pytest-xdist): the suite is mostly single-threaded subprocess runs; loadgroup keeps
+# the tests of one expensive module fixture (the TIPC chain) on one worker, so it is built once
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # everything but the end-to-end command-line and TIPC tests (tests/e2e)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/e2e
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/e2e
 
 demo: $(STAMP)
 	bash tools/demo.sh

@@ -33,8 +33,8 @@ done_step() {  # done_step NAME
 echo "== 1/5 generating ${NUM_IMAGES} synthetic images in ${DATA}"
 "$PY" -m datasets.make_demo --out "$DATA" --num_images "$NUM_IMAGES" --test_images "$TEST_IMAGES" --val_images "$VAL_IMAGES" \
     --img_size "$GEN_SIZE" --seed 0
-echo "== 2/5 preparing the JSON splits"
 done_step "generating data"
+echo "== 2/5 preparing the JSON splits"
 "$PY" datasets/prepare_voc.py --data_path "$DATA/VOCdevkit" --classes "$DATA/classes.txt" --out_dir "$DATA"
 done_step "preparing splits"
 echo "== 3/5 training resnet18 + CSRA for ${EPOCHS} epochs at ${IMG_SIZE}px (CPU)"
