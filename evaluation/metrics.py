@@ -239,6 +239,32 @@ def _ranked_ap(scores: np.ndarray, valid: np.ndarray, pos: np.ndarray) -> tuple[
     return ap, npos
 
 
+def label_masks(scores: Any, targets: Any, policy: str | LabelPolicy = "binary",
+                ignore_values: Sequence[float] | None = None, *, for_ap: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked scores and the masks of the entries that count and of the positives.
+
+    Args:
+        scores, targets: ``[N, C]``; the targets in the policy's encoding (1 = positive).
+        policy: decides the ignored values (its ``ignore_ap`` with ``for_ap``, else its
+            ``ignore_thresholded``) and validates the encoding.
+        ignore_values: overrides the policy: these values are ignored, nothing is validated.
+    Returns:
+        ``(scores [N, C] float64, valid [N, C] bool, positive [N, C] bool)``.
+    Raises:
+        LabelEncodingError, ValueError: as :func:`average_precision`.
+    """
+    s = _as_scores(scores)
+    t = _as_targets(targets, s.shape)
+    if ignore_values is None:
+        pol = get_policy(policy)
+        _check_encoding(t, pol)
+        ignored = tuple(pol.ignore_ap if for_ap else pol.ignore_thresholded)
+    else:
+        ignored = tuple(float(v) for v in ignore_values)
+    valid = ~_in_values(t, ignored)
+    return s, valid, (t == 1) & valid
+
+
 def average_precision(
     scores: Any,
     targets: Any,
@@ -265,16 +291,7 @@ def average_precision(
         LabelEncodingError: targets outside the policy's encoding.
         ValueError: shapes differ, or scores are not finite.
     """
-    s = _as_scores(scores)
-    t = _as_targets(targets, s.shape)
-    if ignore_values is None:
-        pol = get_policy(policy)
-        _check_encoding(t, pol)
-        ignored = tuple(pol.ignore_ap)
-    else:
-        ignored = tuple(float(v) for v in ignore_values)
-    valid = ~_in_values(t, ignored)
-    pos = (t == 1) & valid
+    s, valid, pos = label_masks(scores, targets, policy, ignore_values, for_ap=True)
     ap, _ = _ranked_ap(s, valid, pos)
     return ap
 

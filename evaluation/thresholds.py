@@ -121,18 +121,9 @@ def _masks(
     scores: Any, targets: Any, policy: "str | LabelPolicy", ignore_values: Sequence[float] | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(scores [N, C] float64, valid [N, C], positive [N, C])`` for the thresholded rule."""
-    from evaluation.metrics import _as_scores, _as_targets, _check_encoding, _in_values, get_policy
+    from evaluation.metrics import label_masks
 
-    s = _as_scores(scores)
-    t = _as_targets(targets, s.shape)
-    if ignore_values is None:
-        pol = get_policy(policy)
-        _check_encoding(t, pol)
-        ignored = tuple(pol.ignore_thresholded)
-    else:
-        ignored = tuple(float(v) for v in ignore_values)
-    valid = ~_in_values(t, ignored)
-    return s, valid, (t == 1) & valid
+    return label_masks(scores, targets, policy, ignore_values, for_ap=False)
 
 
 def best_f1_thresholds(
