@@ -469,13 +469,8 @@ def thresholded_metrics(
             thresholds of the wrong shape or not finite.
     """
     _check_no_positive(no_positive)
-    s = _as_scores(scores)
-    t = _as_targets(targets, s.shape)
+    s, valid, positive = label_masks(scores, targets, policy, for_ap=False)
     threshold = _as_threshold(threshold, s.shape[1])
-    pol = get_policy(policy)
-    _check_encoding(t, pol)
-    valid = ~_in_values(t, pol.ignore_thresholded)
-    positive = (t == 1) & valid
     predicted = s >= threshold
     if topk is not None:
         predicted &= topk_mask(s, topk)

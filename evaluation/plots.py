@@ -30,16 +30,7 @@ import numpy as np
 
 # The encoding rules and their messages are shared with the metrics, so that a plot rejects
 # exactly the targets the evaluator rejects.
-from evaluation.metrics import (
-    LabelPolicy,
-    _as_scores,
-    _as_targets,
-    _check_encoding,
-    _in_values,
-    average_precision,
-    get_policy,
-    mean_average_precision,
-)
+from evaluation.metrics import LabelPolicy, average_precision, label_masks, mean_average_precision
 from utils.errors import UserError
 from utils.fileio import atomic_write
 from utils.logger import get_logger
@@ -134,12 +125,7 @@ def precision_recall_curves(
         LabelEncodingError: targets outside the policy's encoding.
         ValueError: shapes differ, or scores are not finite.
     """
-    s = _as_scores(scores)
-    t = _as_targets(targets, s.shape)
-    pol = get_policy(policy)
-    _check_encoding(t, pol)
-    valid = ~_in_values(t, pol.ignore_ap)
-    positive = (t == 1) & valid
+    s, valid, positive = label_masks(scores, targets, policy, for_ap=True)
     curves: list[tuple[np.ndarray, np.ndarray]] = []
     for c in range(s.shape[1]):
         keep = valid[:, c]
@@ -412,6 +398,17 @@ def _empty_panel(ax: Any, message: str) -> None:
     ax.set_yticks([])
 
 
+def _line_panel(ax: Any, x: np.ndarray, y: np.ndarray, color: str, empty: str, title: str,
+                style: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """One by-epoch line (x, y [K]) in ``ax``, or the ``empty`` note when K = 0; returns (x, y)."""
+    if x.size:
+        ax.plot(x, y, color=color, **style)
+    else:
+        _empty_panel(ax, empty)
+    ax.set_title(title, fontsize=10)
+    return x, y
+
+
 def plot_training_curves(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]) -> list[Path]:
     """Plot a run's ``metrics.jsonl`` rows as :data:`TRAINING_CURVES_NAME` in ``out_dir``.
 
@@ -441,22 +438,12 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], out_dir: str | os.PathL
     ax_loss, ax_lr, ax_eval, ax_speed = axes.flat
     style = {"marker": "o", "markersize": 3, "linewidth": 1.2}
 
-    x, y = _series(kept, "loss")
-    if x.size:
-        ax_loss.plot(x, y, color="tab:blue", **style)
-    else:
-        _empty_panel(ax_loss, "no finite loss")
-    ax_loss.set_title("training loss (epoch mean)", fontsize=10)
-
-    x, y = _series(kept, "lr")
-    if x.size:
-        ax_lr.plot(x, y, color="tab:orange", **style)
-        positive = y[y > 0]
-        if positive.size == y.size and positive.max() / positive.min() > 100.0:
-            ax_lr.set_yscale("log")
-    else:
-        _empty_panel(ax_lr, "no learning rate")
-    ax_lr.set_title("learning rate (last step of the epoch)", fontsize=10)
+    _line_panel(ax_loss, *_series(kept, "loss"), "tab:blue", "no finite loss", "training loss (epoch mean)", style)
+    x, y = _line_panel(ax_lr, *_series(kept, "lr"), "tab:orange", "no learning rate", "learning rate (last step of the epoch)",
+                       style)
+    positive = y[y > 0]
+    if y.size and positive.size == y.size and positive.max() / positive.min() > 100.0:
+        ax_lr.set_yscale("log")
 
     plotted = False
     for key, label in _EVAL_KEYS:
@@ -477,12 +464,7 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], out_dir: str | os.PathL
         _empty_panel(ax_eval, "no evaluated epoch")
     ax_eval.set_title("evaluation (mAP, CF1, OF1)", fontsize=10)
 
-    x, y = _series(kept, "images_per_s")
-    if x.size:
-        ax_speed.plot(x, y, color="tab:green", **style)
-    else:
-        _empty_panel(ax_speed, "no throughput")
-    ax_speed.set_title("throughput (images/s)", fontsize=10)
+    _line_panel(ax_speed, *_series(kept, "images_per_s"), "tab:green", "no throughput", "throughput (images/s)", style)
 
     epochs = [float(r["epoch"]) for r in kept]
     lo, hi = min(epochs), max(epochs)
