@@ -16,6 +16,31 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+# Fixtures that build something expensive (a training run, an export, the TIPC chain), and the
+# xdist group of the tests that use them: under `make test` (--dist loadgroup) a group runs on one
+# worker, so each is built once instead of once per worker. The first fixture a test uses decides.
+SHARED_FIXTURE_GROUPS: dict[str, str] = {
+    "lite_chain": "tipc_lite_chain",
+    "recipe_runs": "recipe_runs",
+    "vit_run": "vit_run",
+    "ema_run": "ema_run",
+    "exports": "export_infer", "runs": "export_infer", "attention_run": "export_infer",
+    "quantized_export": "deploy_export", "fp32_export": "deploy_export", "deploy_run": "deploy_export",
+    "two_epochs": "two_epochs",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark every test that uses a fixture of ``SHARED_FIXTURE_GROUPS`` with that fixture's xdist group."""
+    for item in items:
+        for name in getattr(item, "fixturenames", ()):
+            group = SHARED_FIXTURE_GROUPS.get(name)
+            if group:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
