@@ -142,8 +142,9 @@ def _colour_histograms(voc: Path, ids: list[str], bins: int = 4) -> "np.ndarray"
     return np.stack(feats)
 
 
-def test_colour_alone_does_not_tell_the_classes(tmp_path: Path) -> None:
-    """A colour-histogram classifier stays near chance: the classes are shapes and patterns."""
+def test_colour_is_a_hint_but_does_not_tell_the_classes(tmp_path: Path) -> None:
+    """A colour-histogram classifier learns the home colours (well above chance) but stays far
+    below the demo CNN's >= 0.85 mAP: the shapes and patterns decide the rest."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
@@ -167,6 +168,6 @@ def test_colour_alone_does_not_tell_the_classes(tmp_path: Path) -> None:
         clf = LogisticRegression(C=10.0, max_iter=2000).fit(x_train, y_train[:, c])
         aps.append(average_precision_score(y_test[:, c], clf.predict_proba(x_test)[:, 1]))
         chance.append(y_test[:, c].mean())
-    # chance (a constant score) is the positive rate, about 0.2; colour is a weak hint only
-    # (about 0.3 at the last check), far from the demo CNN's >= 0.85
-    assert np.mean(aps) < min(np.mean(chance) + 0.2, 0.45), (np.mean(aps), np.mean(chance))
+    # chance (a constant score) is the positive rate, about 0.17; colour alone gave 0.61 at the
+    # last check (and 0.2-0.3 before the classes had home colours)
+    assert np.mean(chance) + 0.2 < np.mean(aps) < 0.72, (np.mean(aps), np.mean(chance))

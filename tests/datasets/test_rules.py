@@ -100,7 +100,7 @@ def test_recipe_table() -> None:
         dataset_defaults("voc")
     wider = dataset_defaults("wider")
     assert not wider.random_crop and wider.mean == wider.std == (0.5, 0.5, 0.5) and wider.step_epochs == 5
-    assert [n for n, d in DATASETS.items() if not d.random_crop] == ["wider"]
+    assert [n for n, d in DATASETS.items() if not d.random_crop] == ["wider", "demo"]  # demo: flip + resize (64 px)
     assert dataset_defaults("voc07").train_transform(8).random_crop
     assert label_policy("custom", True) == "voc07" and label_policy("custom", False) == "binary"
     assert label_policy("wider", False) == "wider"
