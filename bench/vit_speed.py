@@ -1,5 +1,5 @@
-"""ViT-B/16 + CSRA inference speed on this CPU: dygraph, the Paddle Inference predictor (oneDNN)
-and ONNX Runtime, next to the compute floor; optionally a per-op profile of the predictor.
+"""ViT-B/16 + CSRA inference speed on this CPU: dygraph, the Paddle Inference predictor (oneDNN on
+and off) and ONNX Runtime, next to the compute floor; optionally a per-op profile of the predictor.
 
     .venv/bin/python bench/vit_speed.py                                  # 224 and 448, batch 1 and 8
     .venv/bin/python bench/vit_speed.py --sizes 224 --batches 1 --iters 5 --profile
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,7 +57,7 @@ def export(img_size: int, folder: Path, onnx: bool) -> Path:
 
 
 def variants(model_dir: Path, threads: int, max_batch: int, with_dygraph: bool) -> dict:
-    """name -> callable(x [B,3,S,S] float32) for dygraph, the oneDNN predictor and ONNX Runtime."""
+    """name -> callable(x [B,3,S,S] float32) for dygraph, the predictor (oneDNN on and off) and ONNX Runtime."""
     import paddle
     import paddle.nn.functional as F
 
@@ -79,6 +80,7 @@ def variants(model_dir: Path, threads: int, max_batch: int, with_dygraph: bool) 
         out["dygraph (eager)"] = dygraph
     opts = RuntimeOptions(cpu_threads=threads, max_batch_size=max_batch)
     out["paddle oneDNN fp32"] = create_backend("paddle", files, deploy, opts)
+    out["paddle native fp32"] = create_backend("paddle", files, deploy, replace(opts, enable_mkldnn=False))
     if "onnxruntime" in installed_backends() and deploy.onnx_file:
         out["onnxruntime fp32"] = create_backend("onnxruntime", files, deploy, opts)
     return out

@@ -386,14 +386,15 @@ def add_backend_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
         parser: the parser or argument group to extend.
     Returns:
         None. The value is a registry name or ``auto`` (default): the first installed backend
-        of ``deploy.backends.AUTO_ORDER`` for the precision that accepts the export.
+        of ``deploy.backends.auto_order`` (the precision's, or the model family's on CPU fp32)
+        that accepts the export.
     """
     from deploy.backends import AUTO, BACKEND_CHOICES, REGISTRY
 
     parser.add_argument("--backend", default=AUTO, choices=list(BACKEND_CHOICES),
                         help="inference engine: " + "; ".join(f"{e.name}: {e.summary}" for e in REGISTRY.values())
                         + "; auto (default): the fastest installed one that can run the export at --precision "
-                        "(fp32: paddle; int8: onnxruntime)")
+                        "(fp32: paddle, for ViT exports with model.onnx onnxruntime; int8: onnxruntime)")
 
 
 def add_quantize_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

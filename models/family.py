@@ -31,7 +31,7 @@ from models.spec import BACKBONE_FAMILIES
 if TYPE_CHECKING:  # pragma: no cover
     from paddle import nn
 
-__all__ = ["BackboneFamily", "FAMILIES", "MODELS", "ModelSpec", "WeightsSource", "family_of", "load_families",
+__all__ = ["BackboneFamily", "FAMILIES", "MODELS", "ModelSpec", "WeightsSource", "family_of", "family_of_name", "load_families",
            "register_family"]
 
 
@@ -105,6 +105,10 @@ class BackboneFamily:
         checkpoint_img_size: ``checkpoint_img_size(state) -> int | None``: the input side a
             checkpoint's tensors were made for, when they tell (ViT: its position-embedding
             grid); the converter builds the target at that size so nothing is resampled.
+        cpu_fp32_backends: the order in which ``infer.py --backend auto`` tries the inference
+            backends for this family's exports on the CPU in fp32 (names of
+            ``deploy.backends.REGISTRY``); None: the default order. A backend that cannot run
+            the export (e.g. no ``model.onnx``) is skipped.
     """
 
     name: str
@@ -119,6 +123,7 @@ class BackboneFamily:
     build_options: frozenset[str] = frozenset()
     fit_state: Callable[[dict[str, Any], "nn.Layer"], list[str]] | None = None
     checkpoint_img_size: Callable[[dict[str, Any]], int | None] | None = None
+    cpu_fp32_backends: tuple[str, ...] | None = None
 
     def locate(self, key: str) -> tuple[int, str] | None:
         """``(stage, rest)`` when ``key`` lies inside an attention-hosting block, else None.
@@ -158,13 +163,20 @@ def load_families() -> None:
         importlib.import_module(module)
 
 
+def family_of_name(name: str) -> BackboneFamily | None:
+    """The family of the registered model ``name`` (or alias), or None for an unknown name.
+
+    Loads the family modules (``load_families``) first.
+    """
+    load_families()
+    if not name or name not in MODELS:
+        return None
+    return FAMILIES.get(MODELS.get(name).family)
+
+
 def family_of(model: Any) -> BackboneFamily | None:
     """The family of a model built by ``build_model`` (from ``model.config['model']``), or None.
 
     Loads the family modules (``load_families``) first.
     """
-    load_families()
-    name = getattr(model, "config", {}).get("model")
-    if not name or name not in MODELS:
-        return None
-    return FAMILIES.get(MODELS.get(name).family)
+    return family_of_name(getattr(model, "config", {}).get("model"))

@@ -8,9 +8,10 @@ Each backend is a module of this package with two functions,
   (``deploy.backends.base``),
 
 plus one :class:`BackendEntry` in ``REGISTRY``. Adding a backend = a new module + an entry.
-``--backend auto`` (the default) takes the first entry of ``AUTO_ORDER[precision]`` that is
-installed and accepts the export, so a missing optional extra (onnxruntime) falls back to
-Paddle Inference without an error.
+``--backend auto`` (the default) takes the first entry of ``AUTO_ORDER[precision]`` (or of the
+model family's own CPU fp32 order, :func:`auto_order`) that is installed and accepts the
+export, so a missing optional extra (onnxruntime) or an export without ``model.onnx`` falls
+back to Paddle Inference without an error.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from deploy.backends.base import InferenceBackend
 from deploy.inference_config import DeployConfig, ModelFiles
+from models.family import family_of_name
 from utils.errors import UserError
 
 ONNX_INSTALL_HINT = "pip install -r requirements-onnx.txt"
@@ -89,6 +91,19 @@ def _require_installed(name: str) -> None:
                         f"(--backend auto picks an installed one)")
 
 
+def auto_order(deploy: DeployConfig, opts: Any) -> tuple[str, ...]:
+    """The backends ``--backend auto`` tries, in order: Paddle on the GPU; on the CPU the model
+    family's own fp32 order when it declares one (``BackboneFamily.cpu_fp32_backends``: ONNX
+    Runtime first for ViT), else ``AUTO_ORDER[precision]``."""
+    if opts.use_gpu:
+        return ("paddle",)
+    if opts.precision == "fp32":
+        family = family_of_name(deploy.model)
+        if family is not None and family.cpu_fp32_backends:
+            return family.cpu_fp32_backends
+    return AUTO_ORDER.get(opts.precision, ("paddle",))
+
+
 def choose_backend(requested: str, files: ModelFiles, deploy: DeployConfig, opts: Any) -> str:
     """The backend infer.py runs: ``requested`` checked, or for ``auto`` the first usable one.
 
@@ -108,7 +123,7 @@ def choose_backend(requested: str, files: ModelFiles, deploy: DeployConfig, opts
         _require_installed(requested)
         _module(requested).check(files, deploy, opts)
         return requested
-    order = ("paddle",) if opts.use_gpu else AUTO_ORDER.get(opts.precision, ("paddle",))
+    order = auto_order(deploy, opts)
     first_error: UserError | None = None
     for name in order:
         if missing_modules(name):

@@ -120,6 +120,36 @@ def test_registry_shape_and_choice(quantized_export, fp32_export, monkeypatch) -
         backends.choose_backend("auto", files, deploy, int8)
 
 
+def test_auto_prefers_onnxruntime_for_vit_exports_on_cpu(quantized_export, fp32_export, monkeypatch) -> None:
+    """A family's own CPU fp32 order (ViT: onnxruntime first) decides auto; an export without
+    model.onnx, int8 and the GPU keep their usual choice."""
+    from dataclasses import replace
+
+    import deploy.backends as backends
+    from deploy.inference_config import DeployConfig, find_model_files
+    from deploy.predictor import RuntimeOptions
+    from models.family import family_of_name
+
+    assert family_of_name("vit_b16").cpu_fp32_backends == ("onnxruntime", "paddle")
+    assert family_of_name("vit_B16_224") is family_of_name("vit_b16")  # the reference's alias
+    assert family_of_name("resnet18").cpu_fp32_backends is None and family_of_name("no_such_model") is None
+    files = find_model_files(str(quantized_export))
+    resnet = DeployConfig.load(files.config_file)
+    vit = replace(resnet, model="vit_b16")
+    fp32 = RuntimeOptions()
+    assert backends.auto_order(vit, fp32) == ("onnxruntime", "paddle")
+    assert backends.auto_order(resnet, fp32) == backends.AUTO_ORDER["fp32"]
+    assert backends.auto_order(vit, RuntimeOptions(precision="int8")) == backends.AUTO_ORDER["int8"]
+    assert backends.auto_order(vit, RuntimeOptions(use_gpu=True)) == ("paddle",)
+    if "onnxruntime" in backends.installed_backends():
+        assert backends.choose_backend("auto", files, vit, fp32) == "onnxruntime"
+    assert backends.choose_backend("auto", files, resnet, fp32) == "paddle"
+    plain = find_model_files(str(fp32_export))
+    assert backends.choose_backend("auto", plain, replace(DeployConfig.load(plain.config_file), model="vit_b16"), fp32) == "paddle"
+    monkeypatch.setattr(backends, "missing_modules", lambda name: ["onnxruntime"] if name == "onnxruntime" else [])
+    assert backends.choose_backend("auto", files, vit, fp32) == "paddle"
+
+
 def test_a_new_backend_is_a_module_and_an_entry(quantized_export, monkeypatch, tmp_path) -> None:
     """Registering a module (here a fake one) is all infer.py's choice needs."""
     import sys

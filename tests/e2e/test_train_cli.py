@@ -317,11 +317,11 @@ def test_training_learns(tmp_path: Path) -> None:
     summary = generate_demo(tmp_path / "easy", num_images=560, seed=1, img_size=32, style=easy, test_images=80)
     prepare_voc(str(tmp_path / "easy" / "VOCdevkit"), str(tmp_path / "easy"), classes_file=str(summary["classes_file"]))
     demo = {"train": tmp_path / "easy" / "trainval_voc07.json", "test": tmp_path / "easy" / "test_voc07.json"}
-    flags = train_flags(demo, tmp_path / "run", 3, "--lr", "0.02", "--warmup_epoch", "0.5", "--print_freq", "0")
+    flags = train_flags(demo, tmp_path / "run", 2, "--lr", "0.02", "--warmup_epoch", "0.5", "--print_freq", "0")
     flags[flags.index("--img_size") + 1] = "32"
     flags[flags.index("--batch_size") + 1] = "16"
     result = run_script(*flags)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], rows
-    assert rows[-1]["map"] > 0.35, [(r["loss"], r["map"]) for r in rows]
+    assert rows[-1]["map"] > 0.35, [(r["loss"], r["map"]) for r in rows]  # 0.34 -> 0.73 at the last check
