@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dropout rate inside the backbone, ViT only (default 0, the reference)")
     opt.add_argument("--drop_path_rate", type=drop_rate_float, default=None,
                      help="stochastic depth of the last block, rising linearly from 0, ViT only (default 0, the reference)")
+    opt.add_argument("--gemm_conv_side", type=non_negative_int, default=None, metavar="N",
+                     help="on the CPU, convolutions on input maps of at most N x N run as one GEMM over the batch while "
+                     "training (the same convolution to float rounding; 1.4x faster ResNet-18 steps at 64 px); 0: Paddle's "
+                     f"conv2d kernel everywhere (default {T.gemm_conv_side})")
     add_loss_args(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--save_dir", default=None,

@@ -40,6 +40,8 @@ from datasets.make_demo import generate_demo  # noqa: E402
 from datasets.prepare.voc import prepare_voc  # noqa: E402
 from datasets.transforms import TrainTransform  # noqa: E402
 from models import build_model  # noqa: E402
+from engine.config import DEFAULT_GEMM_CONV_SIDE  # noqa: E402
+from engine.gemm_conv import use_gemm_convs  # noqa: E402
 from engine.trainer import build_optimizer, train_step  # noqa: E402
 from utils.cpu_math import cpu_model_name as cpu_name  # noqa: E402
 
@@ -49,11 +51,14 @@ COMPARED = [("resnet18", 64, 8), ("resnet50", 224, 8), ("resnet101", 448, 2)]
 
 
 class PaddleStep:
-    """This project's training step on a fixed random batch (20 classes, the reference recipe)."""
+    """This project's training step on a fixed random batch (20 classes, the reference recipe);
+    ``gemm_conv_side`` > 0: small-map convolutions as one GEMM, as the Trainer runs them on the CPU."""
 
-    def __init__(self, model_name: str, img_size: int, batch: int) -> None:
+    def __init__(self, model_name: str, img_size: int, batch: int, gemm_conv_side: int = DEFAULT_GEMM_CONV_SIDE) -> None:
         paddle.seed(0)
         self.model = build_model(model_name, 20)
+        if gemm_conv_side > 0:
+            use_gemm_convs(self.model, gemm_conv_side)
         self.model.train()
         self.opt, self.sched = build_optimizer(self.model, 0.01, 0.9, 1e-4, 100, 0, 4)
         self.x = paddle.rand([batch, 3, img_size, img_size])
@@ -69,9 +74,9 @@ class PaddleStep:
         return times
 
 
-def train_rate(model_name: str, img_size: int, batch: int, iters: int) -> float:
+def train_rate(model_name: str, img_size: int, batch: int, iters: int, gemm_conv_side: int = DEFAULT_GEMM_CONV_SIDE) -> float:
     """Median training images/s over ``iters`` steps (after one warm-up step)."""
-    step = PaddleStep(model_name, img_size, batch)
+    step = PaddleStep(model_name, img_size, batch, gemm_conv_side)
     step.time_steps(1)
     return batch / float(np.median(step.time_steps(iters)))
 
@@ -84,22 +89,25 @@ def torch_steps(torch_python: str, model_name: str, img_size: int, batch: int, i
     return json.loads(out.strip().splitlines()[-1])["step_s"]
 
 
-def compare_with_torch(torch_python: str, rounds: int, iters: int) -> None:
-    """Print this project's and PyTorch's median step time per setting of ``COMPARED``, alternating round by round."""
+def compare_with_torch(torch_python: str, rounds: int, iters: int, gemm_conv_side: int) -> None:
+    """Print PyTorch's median step time per setting of ``COMPARED`` next to this project's, with the
+    plain convolutions and with the Trainer's small-map GEMM convolutions, alternating round by round."""
     print(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} cores, paddle {paddle.__version__}, "
-          f"MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset')}, {cpu_name()}")
-    print(f"{'setting':<24}{'batch':>6}{'paddle s/step':>15}{'torch s/step':>14}{'torch/paddle':>14}")
+          f"MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset')}, {cpu_name()}, gemm_conv_side {gemm_conv_side}")
+    print(f"{'setting':<20}{'batch':>6}{'plain s/step':>14}{'trainer s/step':>16}{'torch s/step':>14}"
+          f"{'torch/plain':>13}{'torch/trainer':>15}")
     for name, size, batch in COMPARED:
-        step = PaddleStep(name, size, batch)
-        step.time_steps(1)
-        ours: list[float] = []
-        theirs: list[float] = []
+        steps = {"plain": PaddleStep(name, size, batch, 0), "trainer": PaddleStep(name, size, batch, gemm_conv_side)}
+        times: dict[str, list[float]] = {key: [] for key in (*steps, "torch")}
+        for step in steps.values():
+            step.time_steps(1)
         for _ in range(rounds):
-            ours += step.time_steps(iters)
-            theirs += torch_steps(torch_python, name, size, batch, iters)
-        p, t = float(np.median(ours)), float(np.median(theirs))
-        print(f"{name + ' @ ' + str(size):<24}{batch:>6}{p:>15.3f}{t:>14.3f}{t / p:>13.2f}x", flush=True)
-        del step
+            for key, step in steps.items():
+                times[key] += step.time_steps(iters)
+            times["torch"] += torch_steps(torch_python, name, size, batch, iters)
+        p, g, t = (float(np.median(times[key])) for key in ("plain", "trainer", "torch"))
+        print(f"{name + ' @ ' + str(size):<20}{batch:>6}{p:>14.3f}{g:>16.3f}{t:>14.3f}{t / p:>12.2f}x{t / g:>14.2f}x", flush=True)
+        del steps
 
 
 def loader_rate(json_path: Path, img_size: int, batch: int, workers: int, batches: int) -> float:
@@ -124,9 +132,11 @@ def main() -> int:
     parser.add_argument("--loader_batches", type=int, default=6, help="timed loader batches per setting")
     parser.add_argument("--torch_python", default=None, help="a Python with torch: time the PyTorch reference step side by side")
     parser.add_argument("--rounds", type=int, default=3, help="with --torch_python: alternating rounds of --iters steps each")
+    parser.add_argument("--gemm_conv_side", type=int, default=DEFAULT_GEMM_CONV_SIDE,
+                        help="the Trainer's small-map GEMM convolutions up to this map side, 0: plain (default: train.py's)")
     args = parser.parse_args()
     if args.torch_python:
-        compare_with_torch(args.torch_python, args.rounds, args.iters)
+        compare_with_torch(args.torch_python, args.rounds, args.iters, args.gemm_conv_side)
         return 0
     settings = [("resnet101", 448, 4), ("resnet18", 224, 16), ("resnet18", 64, 8)]  # the last: make demo
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,7 +147,7 @@ def main() -> int:
         print(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} cores, paddle {paddle.__version__}")
         print(f"{'setting':<22}{'batch':>6}{'train img/s':>13}{'loader 0w':>11}{'loader 1w':>11}{'loader 2w':>11}")
         for name, size, batch in settings:
-            rate = train_rate(name, size, batch, args.iters)
+            rate = train_rate(name, size, batch, args.iters, args.gemm_conv_side)
             loads = [loader_rate(train_json, size, batch, w, args.loader_batches) for w in (0, 1, 2)]
             print(f"{name + ' @ ' + str(size):<22}{batch:>6}{rate:>13.2f}" + "".join(f"{r:>11.1f}" for r in loads))
     return 0

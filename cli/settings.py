@@ -109,6 +109,7 @@ _VALUE_TYPES: dict[str, Callable[[str], Any]] = {
     "total_epoch": positive_int, "seed": non_negative_int, "eval_interval": positive_int, "threshold": unit_interval_float,
     "print_freq": non_negative_int, "ema": ema_decay, "drop_rate": drop_rate_float, "drop_path_rate": drop_rate_float,
     "asl_gamma_neg": finite_non_negative_float, "asl_gamma_pos": finite_non_negative_float, "asl_clip": shift_float,
+    "gemm_conv_side": non_negative_int,
 }
 _BOOL_KEYS = ("freeze_bn", "amp", "shared_memory", "ignore_unknown", "tune_thresholds", "visualdl")
 _TEXT_KEYS = ("model", "attention", "dataset", "train_json", "test_json", "classes", "pretrained", "device", "loss", "val_json")
@@ -122,6 +123,7 @@ RESUMED_KEYS: tuple[str, ...] = (
     "classes", "batch_size", "lr", "momentum", "w_d", "warmup_epoch", "lr_step", "total_epoch", "seed", "freeze_bn", "amp",
     "pretrained", "eval_interval", "threshold", "print_freq", "num_workers", "shared_memory", "device",
     "loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "ignore_unknown", "val_json", "tune_thresholds", "visualdl",
+    "gemm_conv_side",
 )
 #: the loss flags' defaults: what a run whose config.json predates these flags trained with.
 _LOSS_DEFAULTS: dict[str, Any] = {
@@ -145,6 +147,7 @@ _WHY_FIXED = {
     "ema": "the checkpoint's weight average continues over the whole run; it cannot be started, stopped or changed midway",
     **dict.fromkeys(("loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "ignore_unknown"),
                     "the checkpoint was trained with that loss; another loss is another recipe"),
+    "gemm_conv_side": "the convolutions' float rounding is part of the run: a resumed run equals the uninterrupted one bit for bit",
 }
 
 
@@ -352,6 +355,7 @@ def resolve_train(args: argparse.Namespace) -> TrainConfig:
         amp=pick("amp", TrainConfig.amp), ema=pick("ema", TrainConfig.ema), device=pick("device", TrainConfig.device),
         pretrained=values.get("pretrained"), resume=resume, classes_file=values.get("classes"),
         val_json=str(val_json) if val_json else None, tune_thresholds=tune, visualdl=visualdl,
+        gemm_conv_side=pick("gemm_conv_side", TrainConfig.gemm_conv_side),
     )
 
 

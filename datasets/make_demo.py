@@ -10,7 +10,7 @@ has its own outline and its own fill pattern (:data:`PATTERNS`: dots, checks, st
 one orientation, a grid, or flat), and a "home" colour it is usually drawn in
 (:data:`HOME_COLOURS`); the pattern's second colour and the other objects' colours come
 from the same palette, so colour is a strong hint but does not tell the class alone (a
-colour-histogram classifier reaches about 0.65 mAP, the demo's CNN about 0.87). Small or
+colour-histogram classifier reaches about 0.6 mAP, the demo's CNN about 0.88). Small or
 heavily occluded objects are marked ``difficult`` in the XML, as VOC does. The same arguments always give
 byte-identical files (numpy ``Generator``, fixed JPEG settings, no timestamps).
 

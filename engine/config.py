@@ -21,6 +21,9 @@ from typing import Any
 
 from models.spec import ModelSettings
 
+DEFAULT_GEMM_CONV_SIDE = 8
+"""``TrainConfig.gemm_conv_side``: of 8, 16 and 32, 8 gave the fastest ResNet-18 step at 64 px (``engine.gemm_conv``)."""
+
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -61,6 +64,9 @@ class TrainConfig:
         tune_thresholds: after training, tune per-class thresholds of best.pdparams on ``val_json``
             and write ``thresholds.json`` into save_dir (train.py does it after ``train``).
         visualdl: log scalars to VisualDL in ``save_dir/vdl`` (``engine.visual_log``).
+        gemm_conv_side: on the CPU, training convolutions on input maps of at most this side
+            run as one GEMM over the batch (``engine.gemm_conv``; same math to float rounding,
+            faster on small maps); 0: Paddle's conv2d kernel everywhere.
     """
 
     model: ModelSettings
@@ -97,6 +103,7 @@ class TrainConfig:
     val_json: str | None = None
     tune_thresholds: bool = False
     visualdl: bool = False
+    gemm_conv_side: int = DEFAULT_GEMM_CONV_SIDE
 
     def to_run_config(self) -> dict[str, Any]:
         """The settings as ``config.json`` records them: keys are train.py's flag names.

@@ -55,6 +55,7 @@ from engine.checkpoint import (EMA_SUFFIX, find_resume_checkpoint, load_checkpoi
                                save_checkpoint, set_rng_state)
 from engine.config import TrainConfig
 from engine.ema import ModelEMA
+from engine.gemm_conv import use_gemm_convs
 from engine.device import select_device
 from utils.errors import UserError
 from utils.fileio import (RunLock, atomic_paddle_save, atomic_write_json, atomic_write_text, clean_stale_temps, describe_os_error,
@@ -442,6 +443,9 @@ class Trainer:
         self.state = TrainState()
         if config.resume:
             self._resume(config.resume)
+        if self.device == "cpu" and config.gemm_conv_side > 0:
+            switched = use_gemm_convs(self.model, config.gemm_conv_side)
+            log.debug("%d convolutions run as one GEMM over the batch on maps up to %d px", switched, config.gemm_conv_side)
         self.net = paddle.DataParallel(self.model) if self.world > 1 else self.model
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024) if self.use_amp else None
 

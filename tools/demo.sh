@@ -7,13 +7,13 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DEMO_DATA:-data/demo}
 OUT=${DEMO_OUT:-output/demo}
-NUM_IMAGES=${DEMO_IMAGES:-2700}     # 2300 trainval (2000 train + 300 val) + 400 test
+NUM_IMAGES=${DEMO_IMAGES:-3000}     # 2600 trainval (2300 train + 300 val) + 400 test
 TEST_IMAGES=${DEMO_TEST_IMAGES:-400}
 VAL_IMAGES=${DEMO_VAL_IMAGES:-300}  # of trainval, for threshold tuning; the rest trains
 GEN_SIZE=${DEMO_GEN_SIZE:-64}
 IMG_SIZE=${DEMO_IMG_SIZE:-64}
 BATCH=${DEMO_BATCH:-8}
-EPOCHS=${DEMO_EPOCHS:-3}            # 6,000 training images in all
+EPOCHS=${DEMO_EPOCHS:-3}            # 6,900 training images in all
 LR=${DEMO_LR:-0.05}
 LR_STEP=${DEMO_LR_STEP:-2}          # x0.1 for the last epoch
 WARMUP=${DEMO_WARMUP:-0.25}

@@ -282,6 +282,7 @@ def test_resume_restores_every_setting_of_the_run(recipe_runs) -> None:
                                            "--lr_step 4 was given but the run has --lr_step 1")),
     (("--model", "resnet34"), ("--model resnet34 was given but the run has --model resnet18", "weights belong to that model")),
     (("--save_dir", "elsewhere"), ("--save_dir elsewhere with --resume", "continues in its own folder")),
+    (("--gemm_conv_side", "0"), ("--gemm_conv_side 0 was given but the run has --gemm_conv_side 8", "bit for bit")),
 ])
 def test_resume_refuses_changed_settings(recipe_runs, flags, needles) -> None:
     save = recipe_runs["resumed_dir"]

@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 import pytest
 
 from engine.config import TrainConfig
+from engine.gemm_conv import use_gemm_convs
 from engine.losses import ASL_EPS, LOSSES, UNKNOWN_VALUES, LossSettings, asymmetric_loss, build_loss
 from engine.trainer import Trainer, build_optimizer, check_binary_targets, train_step
 from models.spec import ModelSettings
@@ -279,6 +280,7 @@ def test_the_trainer_trains_with_the_configured_loss(tmp_path: Path) -> None:
 
     def by_hand(loss_fn) -> tuple[paddle.nn.Layer, list[float]]:
         net = model()
+        use_gemm_convs(net, cfg.gemm_conv_side)  # what the Trainer does on the CPU
         net.train()
         optimizer, scheduler = build_optimizer(net, cfg.lr, cfg.momentum, cfg.weight_decay, 3, cfg.warmup_epochs, cfg.lr_step)
         return net, [float(train_step(net, optimizer, scheduler, x, t, loss_fn=loss_fn)) for x, t in loader()]

@@ -14,6 +14,7 @@ import pytest
 
 from engine import trainer as trainer_module
 from engine.config import TrainConfig
+from engine.gemm_conv import use_gemm_convs
 from engine.trainer import Trainer, build_optimizer, train_step
 from models.spec import ModelSettings
 
@@ -73,6 +74,7 @@ def test_train_step_loop_equals_the_trainer(tmp_path: Path, monkeypatch) -> None
 
     monkeypatch.setattr(trainer_module, "train_step", counting_step)  # the Trainer must go through train_step
     trainer = Trainer(cfg, model=by_trainer, train_loader=loader(), test_loader=None)
+    use_gemm_convs(by_hand, cfg.gemm_conv_side)  # what the Trainer does on the CPU
     try:
         state = trainer.run()
     finally:
