@@ -57,8 +57,7 @@ class PaddleStep:
     def __init__(self, model_name: str, img_size: int, batch: int, gemm_conv_side: int = DEFAULT_GEMM_CONV_SIDE) -> None:
         paddle.seed(0)
         self.model = build_model(model_name, 20)
-        if gemm_conv_side > 0:
-            use_gemm_convs(self.model, gemm_conv_side)
+        use_gemm_convs(self.model, gemm_conv_side)
         self.model.train()
         self.opt, self.sched = build_optimizer(self.model, 0.01, 0.9, 1e-4, 100, 0, 4)
         self.x = paddle.rand([batch, 3, img_size, img_size])

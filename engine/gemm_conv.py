@@ -86,10 +86,13 @@ def use_gemm_convs(model: paddle.nn.Layer, max_side: int = DEFAULT_GEMM_CONV_SID
 
     Args:
         model: any layer tree (a CSRA model, a backbone).
-        max_side: the largest input height and width taken by the GEMM path (> 0).
+        max_side: the largest input height and width taken by the GEMM path; 0: none (the
+            model is left as it is).
     Returns:
-        the number of convolutions switched (0 when none is eligible).
+        the number of convolutions switched (0 when none is eligible or ``max_side`` is 0).
     """
+    if max_side <= 0:
+        return 0
     count = 0
     for layer in model.sublayers(include_self=True):
         if not _eligible(layer):

@@ -443,7 +443,7 @@ class Trainer:
         self.state = TrainState()
         if config.resume:
             self._resume(config.resume)
-        if self.device == "cpu" and config.gemm_conv_side > 0:
+        if self.device == "cpu":
             switched = use_gemm_convs(self.model, config.gemm_conv_side)
             log.debug("%d convolutions run as one GEMM over the batch on maps up to %d px", switched, config.gemm_conv_side)
         self.net = paddle.DataParallel(self.model) if self.world > 1 else self.model
