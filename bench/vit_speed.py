@@ -7,8 +7,9 @@ and off) and ONNX Runtime, next to the compute floor; optionally a per-op profil
 For each size it exports a randomly initialised ``vit_b16`` (1 head, 20 classes) with
 export_model.py (``--onnx`` when paddle2onnx is installed) into a temporary folder, then,
 in this process and with ``--threads`` threads, times the variants INTERLEAVED (every round
-runs each variant once, after a short pause so that the previous runtime's spinning threads
-sleep), as ``bench/infer_speed.py`` does for ResNet-101. The compute floor is the model's
+times each variant once, after a short pause so that the previous runtime's spinning threads
+sleep; ``--warm_runs 1`` adds an untimed run right before the timed one, so that every
+variant and the floor's GEMM are timed in their steady state), as ``bench/infer_speed.py`` does for ResNet-101. The compute floor is the model's
 FLOPs (every matmul and the patch convolution, counted from the shapes: 24·N·D² + 4·N²·D per
 block with N tokens of width D) over the best numpy float32 GEMM rate seen in the same
 rounds. ``--profile`` prints the predictor's time per operator type (Paddle's profiler).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -114,10 +116,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5, help="interleaved rounds at batch 1")
     parser.add_argument("--iters_big", type=int, default=2, help="interleaved rounds at larger batches")
+    parser.add_argument("--warm_runs", type=int, default=0,
+                        help="untimed runs after each pause, right before the timed one (default 0: the first run after "
+                             "the pause is timed, its threads just woken). 1 times every variant, and the floor's GEMM, "
+                             "in its steady state, as infer.py's stream of batches runs")
     parser.add_argument("--skip_dygraph", action="store_true")
     parser.add_argument("--gemm_n", type=int, default=1024)
     parser.add_argument("--profile", action="store_true", help="also print the predictor's per-op profile (first size, batch 1)")
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before Paddle's import, which would set 1 (dygraph's threads)
     import numpy as np
 
     onnx = importlib.util.find_spec("paddle2onnx") is not None
@@ -139,11 +146,15 @@ def main() -> int:
                 rates: list[float] = []
                 for _ in range(args.iters if batch == 1 else args.iters_big):
                     time.sleep(PAUSE_S)
+                    for _ in range(args.warm_runs):
+                        a @ b
                     t0 = time.perf_counter()
                     a @ b
                     rates.append(2 * args.gemm_n ** 3 / (time.perf_counter() - t0) / 1e9)
                     for name, fn in runs.items():
                         time.sleep(PAUSE_S)
+                        for _ in range(args.warm_runs):
+                            fn(x)
                         t0 = time.perf_counter()
                         fn(x)
                         times[name].append(1000 * (time.perf_counter() - t0))

@@ -171,20 +171,11 @@ def save_inference_model(model, save_dir: str | Path, config: DeployConfig) -> d
         first and moved into place, the yml last, so a failed export never leaves a new
         program beside an old yml.
     """
-    import paddle
-    from paddle.static import InputSpec
-
     out = Path(save_dir)
     out.mkdir(parents=True, exist_ok=True)
-    wrapped = _probability_model(model, with_maps=config.heatmaps)
-    spec = [InputSpec([None, 3, config.img_size, config.img_size], "float32", config.input_name)]
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        with filtered_fd(2, PIR_OUT_TENSOR):  # a known-harmless glog line about Tensor.mean (see utils.quiet)
-            paddle.jit.save(wrapped, str(tmp / "inference"), input_spec=spec)
-        program = next((tmp / n for n in MODEL_FILENAMES if (tmp / n).is_file()), None)
-        if program is None or not (tmp / PARAMS_FILENAME).is_file():
-            raise UserError(f"paddle.jit.save wrote no program into {tmp} (found: {sorted(p.name for p in tmp.iterdir())})")
+        program = _jit_save(model, tmp, config)
         for stale in [*(out / n for n in MODEL_FILENAMES), out / ONNX_FILENAME, out / INT8_FILENAME]:
             stale.unlink(missing_ok=True)  # an older export's program or ONNX file must not survive
         for item in tmp.iterdir():
@@ -193,6 +184,41 @@ def save_inference_model(model, save_dir: str | Path, config: DeployConfig) -> d
         shutil.rmtree(tmp, ignore_errors=True)
     config.save(out / CONFIG_FILENAME)
     return {"model_file": out / program.name, "params_file": out / PARAMS_FILENAME, "config_file": out / CONFIG_FILENAME}
+
+
+def _jit_save(model, folder: Path, config: DeployConfig) -> Path:
+    """``paddle.jit.save`` the probability-wrapped ``model`` as ``folder/inference.*``; returns the program file."""
+    import paddle
+    from paddle.static import InputSpec
+
+    wrapped = _probability_model(model, with_maps=config.heatmaps)
+    spec = [InputSpec([None, 3, config.img_size, config.img_size], "float32", config.input_name)]
+    with filtered_fd(2, PIR_OUT_TENSOR):  # a known-harmless glog line about Tensor.mean (see utils.quiet)
+        paddle.jit.save(wrapped, str(folder / "inference"), input_spec=spec)
+    program = next((folder / n for n in MODEL_FILENAMES if (folder / n).is_file()), None)
+    if program is None or not (folder / PARAMS_FILENAME).is_file():
+        raise UserError(f"paddle.jit.save wrote no program into {folder} (found: {sorted(p.name for p in folder.iterdir())})")
+    return program
+
+
+def export_model_onnx(model, paths: dict[str, Path], config: DeployConfig, save_file: Path, opset: int) -> Path:
+    """Write ``save_file`` (ONNX) for ``model``, whose Paddle program ``paths`` were just saved.
+
+    Models with layers in a form paddle2onnx cannot read (``models.portable``) are traced once
+    more in their portable form into a temporary folder, and that program is converted; the
+    others convert the saved program directly. Returns ``save_file``.
+    """
+    from models.portable import has_portable_form, portable_ops
+
+    if not has_portable_form(model):
+        return export_onnx(paths["model_file"], paths["params_file"], save_file, opset)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-onnx-", dir=save_file.parent))
+    try:
+        with portable_ops(model):
+            program = _jit_save(model, tmp, config)
+        return export_onnx(program, tmp / PARAMS_FILENAME, save_file, opset)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def onnx_tools_missing() -> list[str]:
@@ -258,7 +284,7 @@ def export_model(config: ExportConfig) -> dict[str, Path]:
     deploy = deploy_config(config, getattr(model, "config", None))
     paths = save_inference_model(model, config.save_dir, deploy)
     if with_onnx:
-        paths["onnx_file"] = export_onnx(paths["model_file"], paths["params_file"], Path(config.save_dir) / ONNX_FILENAME, config.opset)
+        paths["onnx_file"] = export_model_onnx(model, paths, deploy, Path(config.save_dir) / ONNX_FILENAME, config.opset)
         deploy.onnx_file = ONNX_FILENAME
     if config.quantize == "int8":
         assert config.calib_dir is not None  # check_quantize_request

@@ -75,9 +75,27 @@ def _uniform_attr(bound: float) -> paddle.ParamAttr:
     return paddle.ParamAttr(initializer=nn.initializer.Uniform(-bound, bound))
 
 
-def _linear(fan_in: int, fan_out: int) -> nn.Linear:
+class RowLinear(nn.Linear):
+    """``nn.Linear`` on rows, ``x [M, in] -> [M, out]``, computed as one ``addmm``.
+
+    Same parameters and values as ``nn.Linear`` (``weight [in, out]``, ``bias [out]``). Paddle's
+    ``linear`` is a matmul followed by a separate broadcast add, which the CPU predictor without
+    oneDNN never fuses and oneDNN turns into its slower ``fc``; ``addmm`` adds the bias inside the
+    GEMM (the ViT-B/16 predictor 4-8 % faster). paddle2onnx cannot read ``addmm``: with
+    ``portable`` set (``models.portable.portable_ops``) the layer traces as ``F.linear``.
+    """
+
+    portable = False
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.portable:
+            return F.linear(x, self.weight, self.bias)
+        return paddle.addmm(self.bias, x, self.weight)
+
+
+def _linear(fan_in: int, fan_out: int) -> RowLinear:
     """Linear layer with the ViT init: weight N(0, 0.02^2), bias 0 (Paddle's default would be Xavier)."""
-    return nn.Linear(fan_in, fan_out, weight_attr=_normal_attr(), bias_attr=_const_attr(0.0))
+    return RowLinear(fan_in, fan_out, weight_attr=_normal_attr(), bias_attr=_const_attr(0.0))
 
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
@@ -92,22 +110,24 @@ def _dropout(rate: float) -> nn.Layer:
 # ----------------------------------------------------------------------------- layers
 class DropPath(nn.Layer):
     """Stochastic depth on a residual branch: in training, zero a sample's branch with probability
-    ``rate`` and scale the kept ones by ``1 / (1 - rate)``; identity in eval. ``x [B, ...]`` -> same shape."""
+    ``rate`` and scale the kept ones by ``1 / (1 - rate)``; identity in eval.
+    ``x [B * N, D]`` (the rows of B samples of N tokens each) -> same shape."""
 
     def __init__(self, rate: float) -> None:
         super().__init__()
         self.rate = rate
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, tokens: int) -> paddle.Tensor:
         if not self.training or self.rate <= 0:
             return x
         keep = 1.0 - self.rate
-        mask = paddle.floor(keep + paddle.rand([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype))
-        return x * mask / keep
+        rows = x.reshape([-1, tokens, x.shape[-1]])
+        mask = paddle.floor(keep + paddle.rand([rows.shape[0], 1, 1], dtype=x.dtype))
+        return (rows * mask / keep).reshape(x.shape)
 
 
 class Attention(nn.Layer):
-    """Multi-head self-attention: ``x [B, N, D] -> [B, N, D]``.
+    """Multi-head self-attention over B samples of N tokens: ``x [B * N, D] -> [B * N, D]``.
 
     ``qkv`` is one Linear(D, 3D) whose output channel ``s*D + h*(D/heads) + j`` is channel j of
     head h of s in (q, k, v); each head computes ``softmax(q k^T * (D/heads)^-0.5) v``; the
@@ -126,18 +146,18 @@ class Attention(nn.Layer):
         self.proj = _linear(dim, dim)
         self.proj_drop = _dropout(proj_drop)
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        n, dim = x.shape[1], x.shape[2]
-        qkv = self.qkv(x).reshape([0, n, 3, self.heads, self.head_dim]).transpose([2, 0, 3, 1, 4])  # [3, B, h, N, dh]
+    def forward(self, x: paddle.Tensor, tokens: int) -> paddle.Tensor:
+        dim = x.shape[-1]
+        qkv = self.qkv(x).reshape([-1, tokens, 3, self.heads, self.head_dim]).transpose([2, 0, 3, 1, 4])  # [3, B, h, N, dh]
         q, k, v = paddle.unbind(qkv, axis=0)  # one op in the exported program instead of three slices
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)  # [B, h, N, N]
         attn = self.attn_drop(F.softmax(attn, axis=-1))
-        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([0, n, dim])  # [B, N, D]
+        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, dim])  # [B * N, D]
         return self.proj_drop(self.proj(out))
 
 
 class Mlp(nn.Layer):
-    """``fc1`` (D -> hidden), exact GELU, ``fc2`` (hidden -> D): ``[B, N, D] -> [B, N, D]``."""
+    """``fc1`` (D -> hidden), exact GELU, ``fc2`` (hidden -> D): ``[M, D] -> [M, D]``."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
@@ -151,7 +171,11 @@ class Mlp(nn.Layer):
 
 
 class Block(nn.Layer):
-    """Pre-norm transformer block: ``x + Attn(LN1(x))`` then ``x + MLP(LN2(x))``; ``[B, N, D] -> [B, N, D]``."""
+    """Pre-norm transformer block: ``x + Attn(LN1(x))`` then ``x + MLP(LN2(x))``.
+
+    ``forward(x [B * N, D], tokens=N) -> [B * N, D]``: the token stream stays 2-D through the
+    blocks, so every Linear is one GEMM without reshapes around it.
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop: float = 0.0, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -159,11 +183,13 @@ class Block(nn.Layer):
         self.attn = Attention(dim, heads, proj_drop=drop)
         self.norm2 = _layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: paddle.Tensor, tokens: int) -> paddle.Tensor:
+        branch = self.attn(self.norm1(x), tokens)
+        x = x + (self.drop_path(branch, tokens) if self.drop_path is not None else branch)
+        branch = self.mlp(self.norm2(x))
+        return x + (self.drop_path(branch, tokens) if self.drop_path is not None else branch)
 
 
 class PatchEmbed(nn.Layer):
@@ -330,9 +356,11 @@ class VisionTransformer(nn.Layer):
         tokens = self.patch_embed(x).flatten(2).transpose([0, 2, 1])  # [B, N, D], token = row * cols + col
         cls = paddle.expand(self.cls_token, [paddle.shape(x)[0], 1, dim])
         tokens = self.pos_drop(paddle.concat([cls, tokens], axis=1) + self.position_embedding(grid))
+        count = 1 + grid[0] * grid[1]
+        rows = tokens.reshape([-1, dim])  # [B * N, D]
         for block in self.blocks:
-            tokens = block(tokens)
-        tokens = self.norm(tokens)
+            rows = block(rows, count)
+        tokens = self.norm(rows).reshape([-1, count, dim])
         return tokens[:, 1:].transpose([0, 2, 1]).reshape([0, dim, grid[0], grid[1]])
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -469,7 +497,7 @@ register_family(
         fit_state=fit_vit_state,
         checkpoint_img_size=vit_checkpoint_img_size,
         # ViT-B/16 at 224, batch 1, 2-core AMD EPYC: ONNX Runtime 1.05-1.11x the compute floor, the
-        # Paddle predictor 1.34-1.49x (its fused Linear and the glue ops between them); docs/benchmarks.md
+        # Paddle predictor 1.25-1.36x (the glue ops between its GEMMs); docs/benchmarks.md
         cpu_fp32_backends=("onnxruntime", "paddle"),
     ),
     VIT_MODELS,
