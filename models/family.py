@@ -37,10 +37,15 @@ __all__ = ["BackboneFamily", "FAMILIES", "MODELS", "ModelSpec", "WeightsSource",
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """A downloadable weights file: its http(s) URL and md5 (None = not checked)."""
+    """A downloadable weights file: its http(s) URL, md5 and/or the start of its sha256 (None = not checked).
+
+    ``sha256_prefix`` serves releases that publish no md5 but name each file after the first
+    hex digits of its sha256 (``name-80ecf9dd.pth``, the PyTorch hub convention).
+    """
 
     url: str
     md5: str | None = None
+    sha256_prefix: str | None = None
 
 
 @dataclass(frozen=True)

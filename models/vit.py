@@ -471,16 +471,21 @@ def build_vit(spec: ModelSpec, *, img_size: int, drop_rate: float = 0.0, drop_pa
 
 
 # Timm's release of the JAX ViTs (ImageNet-21k pretrained, 1k fine-tuned at 224): the weights
-# the reference downloads. The md5 of these files is not published (the name carries the
-# start of their sha256), so it is not checked.
+# the reference downloads. No md5 is published; each name ends with the first 8 hex digits of
+# the file's sha256, which the download checks.
 _TIMM_JX = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/"
+
+
+def _timm_jx(filename: str) -> WeightsSource:
+    """The release's file ``name-<first 8 hex of sha256>.pth`` with that sha256 prefix to check."""
+    return WeightsSource(_TIMM_JX + filename, sha256_prefix=filename.rsplit("-", 1)[1].split(".")[0])
 
 VIT_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(name="vit_b16", family=FAMILY, preset="B16", block="transformer", feature_channels=768, stride=PATCH_SIZE,
-              aliases=("vit_B16_224",), weights={"imagenet": WeightsSource(f"{_TIMM_JX}jx_vit_base_p16_224-80ecf9dd.pth")},
+              aliases=("vit_B16_224",), weights={"imagenet": _timm_jx("jx_vit_base_p16_224-80ecf9dd.pth")},
               summary="ViT-B/16 + CSRA"),
     ModelSpec(name="vit_l16", family=FAMILY, preset="L16", block="transformer", feature_channels=1024, stride=PATCH_SIZE,
-              aliases=("vit_L16_224",), weights={"imagenet": WeightsSource(f"{_TIMM_JX}jx_vit_large_p16_224-4ee7a4dc.pth")},
+              aliases=("vit_L16_224",), weights={"imagenet": _timm_jx("jx_vit_large_p16_224-4ee7a4dc.pth")},
               summary="ViT-L/16 + CSRA"),
 )
 

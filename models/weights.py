@@ -5,8 +5,9 @@
   and without executing anything from the file, then converted);
 - an http(s) URL, downloaded once into the weights cache (``$CSRA_WEIGHTS_HOME`` or Paddle's
   ``~/.cache/paddle/hapi/weights``) and md5-checked when the md5 is known;
-- a weights tag of the model's spec, e.g. ``imagenet``: the URL + md5 that the model's
-  ``ModelSpec.weights`` carries (Paddle's official ImageNet ResNets for resnet18..152).
+- a weights tag of the model's spec, e.g. ``imagenet``: the URL + md5 (or sha256 prefix) that
+  the model's ``ModelSpec.weights`` carries (Paddle's official ImageNet ResNets for
+  resnet18..152, timm's ViTs).
 The checkpoint must fit the model exactly, except that a backbone-only (ImageNet) source
 may lack the classifier and, when it holds no attention-block tensor at all, the model's
 attention blocks (they keep their initialisation; the 3x3 conv weights a mixer replaces are
@@ -15,6 +16,7 @@ is dropped. Anything else is a UserError naming the first bad keys.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,19 +62,42 @@ def weights_cache_dir() -> Path:
     return Path(WEIGHTS_HOME)
 
 
-def download_weights(url: str, md5: str | None = None) -> Path:
-    """Download ``url`` into the weights cache once (md5-checked when given); return the file."""
+def download_weights(url: str, md5: str | None = None, sha256_prefix: str | None = None) -> Path:
+    """Download ``url`` into the weights cache once; return the file.
+
+    Args:
+        url: http(s) address of the file.
+        md5: its md5 (checked by the download and on every later use), or None.
+        sha256_prefix: the first hex digits of its sha256 (checked on every use, cached copy
+            included), or None. A mismatch deletes the cached file and is a UserError.
+    """
     from paddle.utils.download import get_path_from_url
 
     cache = weights_cache_dir()
     try:
-        path = get_path_from_url(url, str(cache), md5sum=md5, decompress=False)
+        path = Path(get_path_from_url(url, str(cache), md5sum=md5, decompress=False))
     except Exception as exc:  # network errors, md5 mismatch after retries
         raise UserError(
             f"could not download weights from {url} into {cache} ({exc}). Without network access, "
             "download the file elsewhere and pass its local path instead"
         ) from None
-    return Path(path)
+    if sha256_prefix:
+        digest = file_sha256(path)
+        if not digest.startswith(sha256_prefix.lower()):
+            path.unlink(missing_ok=True)
+            raise UserError(f"{path} (downloaded from {url}) has sha256 {digest[:len(sha256_prefix)]}..., not the expected "
+                            f"{sha256_prefix}...: the file is damaged or not the published one, so it was deleted. "
+                            "Run again to download it anew, or pass a checked local copy")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """The hex sha256 of a file, read in ``chunk``-byte pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def known_weights(model_name: str) -> dict[str, WeightsSource]:
@@ -94,7 +119,7 @@ def resolve_weights(spec: str, model_name: str) -> Path:
     tags = known_weights(model_name)
     tag = spec.lower()
     if tag in tags:
-        return download_weights(tags[tag].url, tags[tag].md5)
+        return download_weights(tags[tag].url, tags[tag].md5, tags[tag].sha256_prefix)
     if tag == IMAGENET:
         raise UserError(f"--pretrained imagenet: no ImageNet weights are known for the model '{model_name}' "
                         f"(its spec lists {', '.join(tags) or 'none'}); pass a weights file or URL instead")

@@ -157,3 +157,24 @@ def test_md5_mismatch_is_an_error(r18, server, monkeypatch) -> None:
     monkeypatch.setattr("time.sleep", lambda s: None)
     with pytest.raises(UserError, match="could not download"):
         build_model("resnet18", num_classes=4, pretrained="imagenet")
+
+
+def test_sha256_prefix_is_checked_on_every_use(r18, server, tmp_path: Path, monkeypatch) -> None:
+    """Releases without an md5 (timm's ViTs) are checked by the sha256 prefix their names carry."""
+    srv, served = server
+    path = _save({k: v for k, v in r18.state_dict().items() if not k.startswith("classifier.")}, served / "resnet18.pdparams")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert MODELS.get("vit_b16").weights["imagenet"].sha256_prefix == "80ecf9dd"  # from the file name
+    monkeypatch.setitem(MODELS.get("resnet18").weights, "imagenet",
+                        WeightsSource(f"{srv.url}/resnet18.pdparams", sha256_prefix=digest[:8]))
+    model = build_model("resnet18", num_classes=4, num_heads=2, lam=0.3, pretrained="imagenet")
+    np.testing.assert_array_equal(model.conv1.weight.numpy(), r18.conv1.weight.numpy())
+    cached = tmp_path / "cache" / "resnet18.pdparams"
+    damaged = bytearray(cached.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # the cached copy is damaged afterwards
+    cached.write_bytes(bytes(damaged))
+    with pytest.raises(UserError, match=r"resnet18.pdparams .*sha256 .*not the expected " + digest[:8] + r".*deleted"):
+        build_model("resnet18", num_classes=4, pretrained="imagenet")
+    assert not cached.exists() and srv.count == 1
+    build_model("resnet18", num_classes=4, pretrained="imagenet")  # downloaded anew, and right
+    assert srv.count == 2
