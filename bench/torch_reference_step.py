@@ -5,7 +5,8 @@
 Builds the reference model as ``tools/torch_reference.py`` states it in PyTorch (torchvision-layout
 ResNet + one CSRA head, lam 0.1, 20 classes) and times the reference step: BCE-with-logits (mean over B x C),
 backward, SGD (momentum 0.9, weight decay 1e-4, the classifier at 10x the backbone lr),
-``zero_grad``. Prints one JSON line: ``{"model", "img_size", "batch", "threads", "step_s": [...]}``
+``zero_grad``. ``--keep_freed_memory`` applies the project's ``utils.memory.retain_freed_memory``
+(glibc keeps freed pages) to PyTorch too, for a like-for-like comparison. Prints one JSON line: ``{"model", "img_size", "batch", "threads", "step_s": [...]}``
 (every timed step, warm-up step excluded). It imports only the torch-only ``tools.torch_reference``
 from the project, so it runs in a Python that has torch and NumPy; ``bench/train_speed.py
 --torch_python PY`` calls it.
@@ -28,6 +29,7 @@ except ModuleNotFoundError:  # torch is not a project dependency: this file runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.torch_reference import SPECS, Net  # noqa: E402  (the reference model in PyTorch; torch-only imports)
+from utils.memory import retain_freed_memory  # noqa: E402  (ctypes only)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,9 +38,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--keep_freed_memory", action="store_true",
+                        help="keep freed heap pages in the process, as the project's Trainer does (utils.memory)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        retain_freed_memory()
     torch.manual_seed(0)
     model = Net(int(args.model.removeprefix("resnet")), 1, 0.1, 20).train()
     head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]

@@ -44,6 +44,7 @@ from engine.config import DEFAULT_GEMM_CONV_SIDE  # noqa: E402
 from engine.gemm_conv import use_gemm_convs  # noqa: E402
 from engine.trainer import build_optimizer, train_step  # noqa: E402
 from utils.cpu_math import cpu_model_name as cpu_name  # noqa: E402
+from utils.memory import retain_freed_memory  # noqa: E402
 
 
 COMPARED = [("resnet18", 64, 8), ("resnet50", 224, 8), ("resnet101", 448, 2)]
@@ -55,6 +56,7 @@ class PaddleStep:
     ``gemm_conv_side`` > 0: small-map convolutions as one GEMM, as the Trainer runs them on the CPU."""
 
     def __init__(self, model_name: str, img_size: int, batch: int, gemm_conv_side: int = DEFAULT_GEMM_CONV_SIDE) -> None:
+        retain_freed_memory()  # as the Trainer does
         paddle.seed(0)
         self.model = build_model(model_name, 20)
         use_gemm_convs(self.model, gemm_conv_side)
@@ -80,32 +82,37 @@ def train_rate(model_name: str, img_size: int, batch: int, iters: int, gemm_conv
     return batch / float(np.median(step.time_steps(iters)))
 
 
-def torch_steps(torch_python: str, model_name: str, img_size: int, batch: int, iters: int) -> list[float]:
-    """Seconds of ``iters`` reference steps in PyTorch eager mode (a warm-up step excluded), in a subprocess."""
+def torch_steps(torch_python: str, model_name: str, img_size: int, batch: int, iters: int, keep_memory: bool = False) -> list[float]:
+    """Seconds of ``iters`` reference steps in PyTorch eager mode (a warm-up step excluded), in a subprocess;
+    ``keep_memory``: with glibc keeping freed pages, as this project's Trainer runs."""
     script = Path(__file__).with_name("torch_reference_step.py")
     cmd = [torch_python, str(script), "--model", model_name, "--img_size", str(img_size), "--batch", str(batch), "--iters", str(iters)]
+    cmd += ["--keep_freed_memory"] if keep_memory else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy()).stdout
     return json.loads(out.strip().splitlines()[-1])["step_s"]
 
 
 def compare_with_torch(torch_python: str, rounds: int, iters: int, gemm_conv_side: int) -> None:
     """Print PyTorch's median step time per setting of ``COMPARED`` next to this project's, with the
-    plain convolutions and with the Trainer's small-map GEMM convolutions, alternating round by round."""
+    plain convolutions and with the Trainer's small-map GEMM convolutions, alternating round by round.
+    PyTorch runs as is ("torch") and with freed heap pages kept as the Trainer keeps them ("torch kept")."""
     print(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} cores, paddle {paddle.__version__}, "
           f"MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset')}, {cpu_name()}, gemm_conv_side {gemm_conv_side}")
-    print(f"{'setting':<20}{'batch':>6}{'plain s/step':>14}{'trainer s/step':>16}{'torch s/step':>14}"
-          f"{'torch/plain':>13}{'torch/trainer':>15}")
+    print(f"{'setting':<20}{'batch':>6}{'plain s/step':>14}{'trainer s/step':>16}{'torch s/step':>14}{'torch kept':>12}"
+          f"{'torch/plain':>13}{'torch/trainer':>15}{'kept/trainer':>14}")
     for name, size, batch in COMPARED:
         steps = {"plain": PaddleStep(name, size, batch, 0), "trainer": PaddleStep(name, size, batch, gemm_conv_side)}
-        times: dict[str, list[float]] = {key: [] for key in (*steps, "torch")}
+        times: dict[str, list[float]] = {key: [] for key in (*steps, "torch", "torch kept")}
         for step in steps.values():
             step.time_steps(1)
         for _ in range(rounds):
             for key, step in steps.items():
                 times[key] += step.time_steps(iters)
             times["torch"] += torch_steps(torch_python, name, size, batch, iters)
-        p, g, t = (float(np.median(times[key])) for key in ("plain", "trainer", "torch"))
-        print(f"{name + ' @ ' + str(size):<20}{batch:>6}{p:>14.3f}{g:>16.3f}{t:>14.3f}{t / p:>12.2f}x{t / g:>14.2f}x", flush=True)
+            times["torch kept"] += torch_steps(torch_python, name, size, batch, iters, keep_memory=True)
+        p, g, t, k = (float(np.median(times[key])) for key in ("plain", "trainer", "torch", "torch kept"))
+        print(f"{name + ' @ ' + str(size):<20}{batch:>6}{p:>14.3f}{g:>16.3f}{t:>14.3f}{k:>12.3f}{t / p:>12.2f}x{t / g:>14.2f}x"
+              f"{k / g:>13.2f}x", flush=True)
         del steps
 
 

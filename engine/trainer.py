@@ -61,6 +61,7 @@ from utils.errors import UserError
 from utils.fileio import (RunLock, atomic_paddle_save, atomic_write_json, atomic_write_text, clean_stale_temps, describe_os_error,
                           lock_run_dir, prepare_output_dir)
 from utils.logger import attach_log_file, detach_log_file, get_logger, record_in_log_files
+from utils.memory import retain_freed_memory
 from engine.lr import WarmupStepDecay
 from engine.losses import UNKNOWN_VALUES, LossFn, build_loss
 from engine.progress import ProgressLog, echo
@@ -446,6 +447,10 @@ class Trainer:
         if self.device == "cpu":
             switched = use_gemm_convs(self.model, config.gemm_conv_side)
             log.debug("%d convolutions run as one GEMM over the batch on maps up to %d px", switched, config.gemm_conv_side)
+        # Every step frees and re-allocates the same activations and gradients; glibc would hand the
+        # big blocks back to the kernel and page-fault them in again (~50k faults per ResNet-50 @ 224
+        # batch-8 step, 10-25 % of its time on the CPU). Kept in the process instead; peak memory is unchanged.
+        retain_freed_memory()
         self.net = paddle.DataParallel(self.model) if self.world > 1 else self.model
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024) if self.use_amp else None
 

@@ -109,3 +109,14 @@ def test_the_trainer_with_gemm_convs_gives_the_plain_weights_to_float_tolerance(
     first, second = _train(tmp_path, "two_a", 8, 2), _train(tmp_path, "two_b", 8, 2)
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)  # deterministic
+
+
+def test_the_trainer_keeps_freed_heap_memory(tmp_path: Path, monkeypatch) -> None:
+    """Each step re-allocates the same activations; the Trainer asks glibc to keep freed pages
+    (utils.memory, tested there) before its first step, as a ResNet-50 step otherwise re-faults ~50k pages."""
+    import engine.trainer
+
+    calls: list[bool] = []
+    monkeypatch.setattr(engine.trainer, "retain_freed_memory", lambda: calls.append(True) or True)
+    _train(tmp_path, "kept", 8, 1)
+    assert calls == [True]
