@@ -81,7 +81,7 @@ class RowLinear(nn.Linear):
     Same parameters and values as ``nn.Linear`` (``weight [in, out]``, ``bias [out]``). Paddle's
     ``linear`` is a matmul followed by a separate broadcast add, which the CPU predictor without
     oneDNN never fuses and oneDNN turns into its slower ``fc``; ``addmm`` adds the bias inside the
-    GEMM (the ViT-B/16 predictor 4-8 % faster). paddle2onnx cannot read ``addmm``: with
+    GEMM (the ViT-B/16 predictor 4-11 % faster). paddle2onnx cannot read ``addmm``: with
     ``portable`` set (``models.portable.portable_ops``) the layer traces as ``F.linear``.
     """
 
@@ -479,6 +479,7 @@ _TIMM_JX = "https://github.com/rwightman/pytorch-image-models/releases/download/
 def _timm_jx(filename: str) -> WeightsSource:
     """The release's file ``name-<first 8 hex of sha256>.pth`` with that sha256 prefix to check."""
     return WeightsSource(_TIMM_JX + filename, sha256_prefix=filename.rsplit("-", 1)[1].split(".")[0])
+
 
 VIT_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(name="vit_b16", family=FAMILY, preset="B16", block="transformer", feature_channels=768, stride=PATCH_SIZE,

@@ -25,7 +25,7 @@ from models import MODELS, build_model
 from models.convert import checkpoint_img_size, convert_torch_state, detect_format
 from models.family import ModelSpec
 from models.spec import MODEL_ALIASES, canonical_model
-from models.vit import (FORMAT_TIMM_VIT, ViTCSRA, ViTPreset, fit_position_embedding, resample_grid, resample_matrix)
+from models.vit import (FORMAT_TIMM_VIT, DropPath, ViTCSRA, ViTPreset, fit_position_embedding, resample_grid, resample_matrix)
 from models.weights import known_weights, load_pretrained
 from utils.errors import UserError
 from utils.pth_io import save_pth
@@ -374,3 +374,17 @@ def test_converter_tool_on_a_reference_vit_csra_checkpoint(tmp_path: Path) -> No
     np.testing.assert_array_equal(run(model, x, features=False), run(source, x, features=False))
     for key, value in source.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+
+
+def test_drop_path_drops_whole_samples_of_the_token_rows() -> None:
+    """Blocks see the tokens as rows [B * N, D]: a dropped sample loses all N of its rows, a kept one is scaled by 1/keep."""
+    paddle.seed(4)
+    layer = DropPath(0.5)
+    rows = paddle.ones([16 * 3, 4])  # 16 samples of 3 tokens
+    layer.train()
+    out = layer(rows, 3).numpy().reshape(16, 3, 4)
+    per_sample = out.reshape(16, -1)
+    assert set(np.unique(per_sample)) <= {0.0, 2.0} and 0 < (per_sample[:, 0] == 0).sum() < 16
+    assert all(len(set(sample)) == 1 for sample in per_sample)  # never part of a sample
+    layer.eval()
+    np.testing.assert_array_equal(layer(rows, 3).numpy(), rows.numpy())
