@@ -6,8 +6,9 @@ Builds the reference model as ``tools/torch_reference.py`` states it in PyTorch 
 ResNet + one CSRA head, lam 0.1, 20 classes) and times the reference step: BCE-with-logits (mean over B x C),
 backward, SGD (momentum 0.9, weight decay 1e-4, the classifier at 10x the backbone lr),
 ``zero_grad``. ``--keep_freed_memory`` applies the project's ``utils.memory.retain_freed_memory``
-(glibc keeps freed pages) to PyTorch too, for a like-for-like comparison. Prints one JSON line: ``{"model", "img_size", "batch", "threads", "step_s": [...]}``
-(every timed step, warm-up step excluded). It imports only the torch-only ``tools.torch_reference``
+(glibc keeps freed pages) to PyTorch too, for a like-for-like comparison. Prints one JSON
+line: ``{"model", "img_size", "batch", "threads", "step_s": [...]}`` (every timed step, warm-up
+step excluded). It imports only the torch-only ``tools.torch_reference``
 from the project, so it runs in a Python that has torch and NumPy; ``bench/train_speed.py
 --torch_python PY`` calls it.
 """

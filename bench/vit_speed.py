@@ -9,10 +9,10 @@ export_model.py (``--onnx`` when paddle2onnx is installed) into a temporary fold
 in this process and with ``--threads`` threads, times the variants INTERLEAVED (every round
 times each variant once, after a short pause so that the previous runtime's spinning threads
 sleep; ``--warm_runs 1`` adds an untimed run right before the timed one, so that every
-variant and the floor's GEMM are timed in their steady state), as ``bench/infer_speed.py`` does for ResNet-101. The compute floor is the model's
-FLOPs (every matmul and the patch convolution, counted from the shapes: 24·N·D² + 4·N²·D per
-block with N tokens of width D) over the best numpy float32 GEMM rate seen in the same
-rounds. ``--profile`` prints the predictor's time per operator type (Paddle's profiler).
+variant and the floor's GEMM are timed in their steady state), as ``bench/infer_speed.py``
+does for ResNet-101. The compute floor is the model's FLOPs (every matmul and the patch
+convolution, counted from the shapes: 24·N·D² + 4·N²·D per block with N tokens of width D)
+over the best numpy float32 GEMM rate seen in the same rounds. ``--profile`` prints the predictor's time per operator type (Paddle's profiler).
 Random weights: only the times mean anything.
 """
 from __future__ import annotations
