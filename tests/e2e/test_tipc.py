@@ -2,7 +2,9 @@
 
 The lite_train_lite_infer chain of CSRA_ResNet101 runs here for real (demo data, 64 px,
 1 epoch, then eval, export and the 8-run CPU inference grid), so `make test` fails when the
-chain does. Its data and outputs go to temporary folders (TIPC_DATA_ROOT, TIPC_OUTPUT), so
+chain does; to keep the suite short its training and whole_infer export lines build a
+ResNet-18 (every other line is the shipped config's, whose lines
+test_every_config_is_valid_and_every_attention_block_has_one checks). Its data and outputs go to temporary folders (TIPC_DATA_ROOT, TIPC_OUTPUT), so
 the test leaves the checkout alone and can run beside another run of the suite.
 """
 from __future__ import annotations
@@ -23,6 +25,14 @@ CONFIGS = TIPC / "configs"
 R101 = CONFIGS / "CSRA_ResNet101" / "train_infer_python.txt"
 SUCCESS = re.compile(r"^Run successfully with command - (\S+) - (.+)!$")
 INFER_GRID = 8  # oneDNN on/off x threads 1/2 x batch 1/2
+TRAIN_LINE, EXPORT_LINE = 16, 27  # norm_train, infer_export (1-based)
+
+
+def smaller_backbone(config: Path) -> dict[int, str]:
+    """Edits for ``config_copy``: the training and whole_infer export lines with resnet18 for resnet101."""
+    lines = config.read_text().splitlines()
+    assert "--model resnet101" in lines[TRAIN_LINE - 1] and "--model resnet101" in lines[EXPORT_LINE - 1]
+    return {n: lines[n - 1].replace("--model resnet101", "--model resnet18") for n in (TRAIN_LINE, EXPORT_LINE)}
 
 
 def bash(script: str, **env: str) -> subprocess.CompletedProcess:
@@ -235,13 +245,15 @@ def test_prepare_voc_small(tmp_path):
 
 @pytest.fixture(scope="module")
 def lite_chain(tmp_path_factory):
-    """prepare.sh + the lite_train_lite_infer chain of CSRA_ResNet101: (output dir, result, data root)."""
+    """prepare.sh + the lite_train_lite_infer chain of CSRA_ResNet101 (its backbone made a ResNet-18):
+    (output dir, result, data root)."""
     data = tmp_path_factory.mktemp("tipc_data")
     r = tipc("prepare.sh", str(R101), "lite_train_lite_infer", TIPC_DATA_ROOT=str(data))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path_factory.mktemp("tipc_out")
+    cfg = config_copy(tmp_path_factory.mktemp("tipc_cfg"), "r18.txt", smaller_backbone(R101))
     start = time.monotonic()
-    result = tipc("test_train_inference_python.sh", str(R101), "lite_train_lite_infer", TIPC_OUTPUT=str(out),
+    result = tipc("test_train_inference_python.sh", str(cfg), "lite_train_lite_infer", TIPC_OUTPUT=str(out),
                   TIPC_DATA_ROOT=str(data))
     print(f"lite_train_lite_infer chain: {time.monotonic() - start:.0f} s")
     return out / "CSRA_ResNet101" / "lite_train_lite_infer", result, data
@@ -303,7 +315,7 @@ def test_whole_infer_and_unchecked_inference_output(lite_chain, tmp_path):
     log_path, r, _ = lite_chain
     assert r.returncode == 0
     weights = log_path / "norm_train_cpu" / "best.pdparams"
-    export_line = R101.read_text().splitlines()[26]
+    export_line = smaller_backbone(R101)[EXPORT_LINE]  # the lite chain trained a ResNet-18
     assert export_line.startswith("infer_export:") and "--img_size 448" in export_line
     one_run = {2: "model_name:TIPC_whole_infer", 30: "--use_gpu:False", 31: "--enable_mkldnn:True",
                32: "--cpu_threads:2", 33: "--batch_size:2", 27: export_line.replace("--img_size 448", "--img_size 96")}
