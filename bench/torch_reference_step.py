@@ -8,9 +8,9 @@ backward, SGD (momentum 0.9, weight decay 1e-4, the classifier at 10x the backbo
 ``zero_grad``. ``--keep_freed_memory`` applies the project's ``utils.memory.retain_freed_memory``
 (glibc keeps freed pages) to PyTorch too, for a like-for-like comparison. Prints one JSON
 line: ``{"model", "img_size", "batch", "threads", "step_s": [...]}`` (every timed step, warm-up
-step excluded). It imports only the torch-only ``tools.torch_reference``
-from the project, so it runs in a Python that has torch and NumPy; ``bench/train_speed.py
---torch_python PY`` calls it.
+step excluded). It imports only the torch-only ``tools.torch_reference`` (and the ctypes-only
+``utils.memory``) from the project, so it runs in a Python that has torch and NumPy;
+``bench/train_speed.py --torch_python PY`` calls it.
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ sleep; ``--warm_runs 1`` adds an untimed run right before the timed one, so that
 variant and the floor's GEMM are timed in their steady state), as ``bench/infer_speed.py``
 does for ResNet-101. The compute floor is the model's FLOPs (every matmul and the patch
 convolution, counted from the shapes: 24·N·D² + 4·N²·D per block with N tokens of width D)
-over the best numpy float32 GEMM rate seen in the same rounds. ``--profile`` prints the predictor's time per operator type (Paddle's profiler).
-Random weights: only the times mean anything.
+over the best numpy float32 GEMM rate seen in the same rounds. ``--profile`` prints the
+predictor's time per operator type (Paddle's profiler). Random weights: only the times mean anything.
 """
 from __future__ import annotations
 

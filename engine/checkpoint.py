@@ -29,7 +29,6 @@ Files are read with ``utils.paddle_io.load_paddle`` (no code from a file is run)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -42,7 +41,7 @@ import numpy as np
 import paddle
 
 from utils.errors import UserError
-from utils.fileio import copy_atomic, create_temp, describe_os_error, fsync_dir, remove_quietly
+from utils.fileio import copy_atomic, create_temp, describe_os_error, file_sha256, fsync_dir, remove_quietly
 from utils.logger import get_logger
 from utils.paddle_io import load_paddle, restore_generator_state
 
@@ -80,15 +79,11 @@ def set_file(stem: Path, suffix: str) -> Path:
 
 def _digest(path: Path, sync: bool = False) -> dict[str, Any]:
     """Size and SHA-256 of a file; with ``sync`` the file is also fsynced."""
-    sha = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            sha.update(chunk)
-            size += len(chunk)
-        if sync:
+    digest = file_sha256(path)
+    if sync:
+        with open(path, "rb") as fh:
             os.fsync(fh.fileno())
-    return {"size": size, "sha256": sha.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": digest}
 
 
 def _write_manifest_temp(stem: Path, manifest: dict[str, Any]) -> Path:

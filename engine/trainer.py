@@ -448,8 +448,8 @@ class Trainer:
             switched = use_gemm_convs(self.model, config.gemm_conv_side)
             log.debug("%d convolutions run as one GEMM over the batch on maps up to %d px", switched, config.gemm_conv_side)
         # Every step frees and re-allocates the same activations and gradients; glibc would hand the
-        # big blocks back to the kernel and page-fault them in again (~50k faults per ResNet-50 @ 224
-        # batch-8 step, 10-25 % of its time on the CPU). Kept in the process instead; peak memory is unchanged.
+        # big blocks back to the kernel and page-fault them in again (~53k faults per ResNet-50 @ 224
+        # batch-8 step). Kept in the process instead; peak memory is unchanged.
         retain_freed_memory()
         self.net = paddle.DataParallel(self.model) if self.world > 1 else self.model
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024) if self.use_amp else None

@@ -16,7 +16,6 @@ is dropped. Anything else is a UserError naming the first bad keys.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from models.convert import CLASSIFIER_PREFIX, attention_state_keys, convert_torc
 from models.family import FAMILIES, MODELS, WeightsSource, family_of, load_families
 from models.state_check import diff_state
 from utils.errors import UserError
+from utils.fileio import file_sha256
 from utils.logger import get_logger
 from utils.safetensors_io import SAFETENSORS_SUFFIX
 
@@ -89,15 +89,6 @@ def download_weights(url: str, md5: str | None = None, sha256_prefix: str | None
                             f"{sha256_prefix}...: the file is damaged or not the published one, so it was deleted. "
                             "Run again to download it anew, or pass a checked local copy")
     return path
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """The hex sha256 of a file, read in ``chunk``-byte pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def known_weights(model_name: str) -> dict[str, WeightsSource]:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -351,3 +352,9 @@ def read_json(path: str | os.PathLike, what: str = "file", fix: str = "fix the f
         raise UserError(f"{what} {p} is not UTF-8 text; is it really a JSON file? {fix}") from None
     except OSError as exc:
         raise UserError(f"cannot read {what} {p}: {exc.strerror or exc}; {fix}") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of the file at ``path`` (read in chunks, never whole)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
